@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh clone:
 #   make run    - install everything, then start the gateway on the embedded default config
-#   make test   - install everything, start the services the tests need, run the whole suite
+#   make test   - install everything, start the services the tests need, run the whole suite,
+#                 then lint (ruff) and type-check (mypy)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml $(wildcard requirements/*.txt)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test,bench]'
 	@touch $@
 
 var/project.key: | venv
@@ -42,6 +43,7 @@ services:
 
 test: setup services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory lint
 
 lint: venv
 	$(BIN)/ruff check gateway deid_core dicom_io tests benchmarks tools
