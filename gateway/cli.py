@@ -17,6 +17,8 @@ from gateway.commands import err
 
 COMMAND_MODULES = [
     "gateway.commands.config",
+    "gateway.commands.model",
+    "gateway.commands.flowedit",
 ]
 
 app = typer.Typer(
