@@ -196,8 +196,12 @@ class _FluxVelocity:
         self._gs = params.source_guidance
         self._gt = params.target_guidance
         self._guided = bool(model.transformer_config.guidance_embeds)
-        self._txt_ids = torch.zeros(self._src[0].shape[1], 3, device=model.device, dtype=model.dtype)
-        self._cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        self._txt_ids = torch.zeros(
+            self._src[0].shape[1], 3, device=model.device, dtype=model.dtype
+        )
+        self._cache: dict[
+            tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+        ] = {}
         self._img_ids: dict[tuple[int, int], torch.Tensor] = {}
 
     def _conditioning(
@@ -205,9 +209,11 @@ class _FluxVelocity:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         key = (kind, n)
         if key not in self._cache:
-            order = [(self._src, self._gs), (self._tgt, self._gt)] if kind == "pair" else [
-                (self._tgt, self._gt)
-            ]
+            order = (
+                [(self._src, self._gs), (self._tgt, self._gt)]
+                if kind == "pair"
+                else [(self._tgt, self._gt)]
+            )
             embeds = torch.cat([e.expand(n, -1, -1) for (e, _), _ in order])
             pooled = torch.cat([p.expand(n, -1) for (_, p), _ in order])
             guidance = (
@@ -238,7 +244,9 @@ class _FluxVelocity:
         z = z.view(n, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return z.reshape(n, c4 // 4, h, w)
 
-    def _run(self, latents: torch.Tensor, timestep: torch.Tensor, kind: str, n: int) -> torch.Tensor:
+    def _run(
+        self, latents: torch.Tensor, timestep: torch.Tensor, kind: str, n: int
+    ) -> torch.Tensor:
         _, _, h, w = latents.shape
         embeds, pooled, guidance = self._conditioning(kind, n)
         rows = latents.shape[0]
@@ -324,7 +332,11 @@ class FlowEditor:
         if len(seed_list) != n:
             raise InvalidInputError(f"flowedit: {n} images but {len(seed_list)} seeds")
         for s in seed_list:
-            if isinstance(s, bool) or not isinstance(s, int | np.integer) or not 0 <= s <= _MAX_SEED:
+            if (
+                isinstance(s, bool)
+                or not isinstance(s, int | np.integer)
+                or not 0 <= s <= _MAX_SEED
+            ):
                 raise InvalidInputError("flowedit: every seed must be an integer in [0, 2**64)")
         side = max(h, w)
         if self.params.max_side is not None:

@@ -67,7 +67,7 @@ class ModelDirReport:
 
     @property
     def identity(self) -> str:
-        """`<directory name>@<first 12 hex of the config hash>`, as RectifiedFlowModel.identity()."""
+        """`<directory name>@<first 12 hex of the config hash>`, like the loaded model's."""
         return f"{self.path.resolve().name}@{self.config_hash[:12]}"
 
 
@@ -108,7 +108,9 @@ def _weights_problems(folder: Path, name: str) -> list[str]:
     if not weights:
         return [f"{name}/ has no weights (*.safetensors or *.bin)"]
     problems.extend(
-        f"{name}/{w.name} is a Git LFS pointer, not the weights" for w in weights if _is_lfs_pointer(w)
+        f"{name}/{w.name} is a Git LFS pointer, not the weights"
+        for w in weights
+        if _is_lfs_pointer(w)
     )
     return problems
 
@@ -118,9 +120,11 @@ def _component_problems(root: Path, name: str) -> list[str]:
     if not folder.is_dir():
         return [f"{name}/ is missing"]
     if name.startswith("scheduler"):
-        return [] if (folder / "scheduler_config.json").is_file() else [
-            f"{name}/scheduler_config.json is missing"
-        ]
+        return (
+            []
+            if (folder / "scheduler_config.json").is_file()
+            else [f"{name}/scheduler_config.json is missing"]
+        )
     if name.startswith("tokenizer"):
         if any((folder / f).is_file() for f in _TOKENIZER_FILES):
             return []
@@ -196,3 +200,12 @@ def verify_model_dir(path: str | Path) -> ModelDirReport:
         is_test_model=(root / TEST_MODEL_MARKER).is_file(),
         config_hash=_config_hash(root, used),
     )
+
+
+def ensure_new_model_dir(path: str | Path) -> Path:
+    """`path` if it is absent or an empty directory; ConfigError otherwise, so that building a test
+    model can never overwrite a real one."""
+    root = Path(path).expanduser()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ConfigError(f"{root} exists and is not an empty directory; refusing to overwrite it")
+    return root

@@ -35,6 +35,7 @@ from deid_core.model_dir import (
     TEST_MODEL_NOTICE,
     Family,
     ModelDirReport,
+    ensure_new_model_dir,
     verify_model_dir,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "load_model",
     "verify_model_dir",
 ]
+
 
 def _default_dtype(device: torch.device) -> torch.dtype:
     # bf16 on a GPU (tensor cores, and the range fp16 lacks for T5); fp32 on a CPU, where bf16
@@ -164,7 +166,9 @@ class RectifiedFlowModel:
     def text_encoders_released(self) -> bool:
         return self._released
 
-    def encode_prompt(self, text: str, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_prompt(
+        self, text: str, max_sequence_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(sequence embeddings (1, L, D), pooled embeddings (1, P)) of one prompt, in the model's
         dtype on its device; cached, so every editor with the same prompt shares one encoding.
 
@@ -221,7 +225,7 @@ class RectifiedFlowModel:
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised latents (fp32) of images in [-1, 1], (N, 3, H, W) with H, W multiples of
-        `alignment`. Uses the mode of the latent distribution: deterministic, as FlowEdit expects."""
+        `alignment`. Uses the mode of the latent distribution: deterministic, as FlowEdit wants."""
         vae = self._pipeline.vae
         latent = vae.encode(pixels.to(device=self.device, dtype=vae.dtype)).latent_dist.mode()
         return (latent.float() - self._shift) * self._scaling
@@ -237,7 +241,7 @@ class RectifiedFlowModel:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(timesteps (T,), sigmas (T+1,) ending in 0) as the model's own pipeline would use them:
         SD3's fixed shift (or its dynamic shift where configured), FLUX's resolution-dependent shift
-        mu from diffusers' `calculate_shift`. A fresh scheduler each call: no shared mutable state."""
+        mu from diffusers' `calculate_shift`. A fresh scheduler per call: no shared state."""
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
         cfg = self._pipeline.scheduler.config
@@ -252,7 +256,9 @@ class RectifiedFlowModel:
             cfg.get("max_shift", 1.15),
         )
         if self.family == "flux":
-            sigmas = None if cfg.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_steps, num_steps)
+            sigmas = (
+                None if cfg.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_steps, num_steps)
+            )
             scheduler.set_timesteps(num_steps, device=self.device, sigmas=sigmas, mu=mu)
         elif cfg.get("use_dynamic_shifting"):
             scheduler.set_timesteps(num_steps, device=self.device, mu=mu)
@@ -280,7 +286,9 @@ def load_model(
     absent = {
         name: None
         for name, spec in index.items()
-        if not name.startswith("_") and isinstance(spec, list) and (len(spec) != 2 or spec[1] is None)
+        if not name.startswith("_")
+        and isinstance(spec, list)
+        and (len(spec) != 2 or spec[1] is None)
     }
     # diffusers renamed torch_dtype to dtype (the old name warns); use whichever it knows.
     from diffusers.utils import deprecation_utils
@@ -342,7 +350,8 @@ def _tiny_clip_tokenizer() -> Any:
         vocab.setdefault(left + right, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # transformers 5 wants merges as pairs when given in code, though its annotation says strings
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
 
 
 def _tiny_t5_tokenizer() -> Any:
@@ -375,18 +384,17 @@ def _tiny_clip_config(tokenizer: Any, hidden: int) -> Any:
     )
 
 
-def _tiny_t5(tokenizer: Any) -> Any:
+def _tiny_t5(tokenizer: Any, width: int = 32) -> Any:
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(
         T5Config(
             vocab_size=len(tokenizer.get_vocab()),
-            d_model=32,
+            d_model=width,
             d_kv=8,
             d_ff=37,
             num_layers=2,
             num_heads=4,
-            decoder_start_token_id=0,
             pad_token_id=0,
             eos_token_id=1,
         )
@@ -412,9 +420,20 @@ def _tiny_vae(scaling: float, shift: float) -> Any:
     )
 
 
-def build_tiny_pipeline(family: str = "sd3", *, with_t5: bool = True) -> Any:
-    """A tiny random pipeline of the family's real architecture, built in memory and offline
-    (~300k parameters). Callers seed torch's generator themselves if they need a fixed one."""
+def build_tiny_pipeline(
+    family: str = "sd3",
+    *,
+    with_t5: bool = True,
+    transformer: Any = None,
+    vae: Any = None,
+    clip_widths: tuple[int, int] = (32, 32),
+    t5_width: int = 32,
+) -> Any:
+    """A random pipeline of the family's real architecture, built in memory and offline: by default
+    tiny (~300k parameters). Benchmarks pass a full-size `transformer` and `vae` and the real text
+    widths (SD3: CLIP 768 and 1280, T5 4096; FLUX: CLIP 768, T5 4096) so that every tensor the
+    transformer sees has its real shape, while the text encoders stay one-layer toys. Callers seed
+    torch's generator themselves if they need fixed weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     clip_tok = _tiny_clip_tokenizer()
@@ -423,46 +442,48 @@ def build_tiny_pipeline(family: str = "sd3", *, with_t5: bool = True) -> Any:
         from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
         from transformers import CLIPTextModelWithProjection
 
-        transformer = SD3Transformer2DModel(
-            sample_size=32,
-            patch_size=2,
-            in_channels=16,
-            num_layers=2,
-            attention_head_dim=8,
-            num_attention_heads=4,
-            joint_attention_dim=32,
-            caption_projection_dim=32,
-            pooled_projection_dim=64,
-            out_channels=16,
-            pos_embed_max_size=96,
-        )
+        if transformer is None:
+            transformer = SD3Transformer2DModel(
+                sample_size=32,
+                patch_size=2,
+                in_channels=16,
+                num_layers=2,
+                attention_head_dim=8,
+                num_attention_heads=4,
+                joint_attention_dim=t5_width,
+                caption_projection_dim=32,
+                pooled_projection_dim=sum(clip_widths),
+                out_channels=16,
+                pos_embed_max_size=96,
+            )
         return StableDiffusion3Pipeline(
             transformer=transformer,
             scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-            vae=_tiny_vae(1.5305, 0.0609),
-            text_encoder=CLIPTextModelWithProjection(_tiny_clip_config(clip_tok, 32)),
+            vae=vae if vae is not None else _tiny_vae(1.5305, 0.0609),
+            text_encoder=CLIPTextModelWithProjection(_tiny_clip_config(clip_tok, clip_widths[0])),
             tokenizer=clip_tok,
-            text_encoder_2=CLIPTextModelWithProjection(_tiny_clip_config(clip_tok, 32)),
+            text_encoder_2=CLIPTextModelWithProjection(_tiny_clip_config(clip_tok, clip_widths[1])),
             tokenizer_2=clip_tok,
-            text_encoder_3=_tiny_t5(t5_tok) if with_t5 else None,
+            text_encoder_3=_tiny_t5(t5_tok, t5_width) if with_t5 else None,
             tokenizer_3=t5_tok if with_t5 else None,
         )
     if family == "flux":
         from diffusers import FluxPipeline, FluxTransformer2DModel
         from transformers import CLIPTextModel
 
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=64,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=32,
-            pooled_projection_dim=32,
-            guidance_embeds=True,
-            axes_dims_rope=(4, 6, 6),
-        )
+        if transformer is None:
+            transformer = FluxTransformer2DModel(
+                patch_size=1,
+                in_channels=64,
+                num_layers=1,
+                num_single_layers=1,
+                attention_head_dim=16,
+                num_attention_heads=2,
+                joint_attention_dim=t5_width,
+                pooled_projection_dim=clip_widths[0],
+                guidance_embeds=True,
+                axes_dims_rope=(4, 6, 6),
+            )
         scheduler = FlowMatchEulerDiscreteScheduler(
             base_image_seq_len=256,
             base_shift=0.5,
@@ -474,10 +495,10 @@ def build_tiny_pipeline(family: str = "sd3", *, with_t5: bool = True) -> Any:
         return FluxPipeline(
             transformer=transformer,
             scheduler=scheduler,
-            vae=_tiny_vae(0.3611, 0.1159),
-            text_encoder=CLIPTextModel(_tiny_clip_config(clip_tok, 32)),
+            vae=vae if vae is not None else _tiny_vae(0.3611, 0.1159),
+            text_encoder=CLIPTextModel(_tiny_clip_config(clip_tok, clip_widths[0])),
             tokenizer=clip_tok,
-            text_encoder_2=_tiny_t5(t5_tok),
+            text_encoder_2=_tiny_t5(t5_tok, t5_width),
             tokenizer_2=t5_tok,
         )
     raise ConfigError(f"unknown model family {family!r}; expected one of: sd3, flux")
@@ -491,9 +512,7 @@ def build_tiny_model(
     directory that exists and is not empty, so a real model is never overwritten."""
     if family not in FAMILY_PIPELINES:
         raise ConfigError(f"unknown model family {family!r}; expected one of: sd3, flux")
-    root = Path(directory).expanduser()
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ConfigError(f"{root} exists and is not an empty directory; refusing to overwrite it")
+    root = ensure_new_model_dir(directory)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         pipeline = build_tiny_pipeline(family, with_t5=with_t5)

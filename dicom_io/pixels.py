@@ -6,16 +6,19 @@ uint8 RGB, the only thing the model sees. Writing (`write_derived_instance`) put
 back as a new, derived instance that looks like the original to a viewer: same size, same
 photometric interpretation where the transfer syntax allows it, same bit depth.
 
-Policy, per photometric interpretation of the source:
+Policy, per photometric interpretation of the source (read as -> written back as):
 
-| source                | read as                         | written back as (native / RLE)    |
-|-----------------------|---------------------------------|-----------------------------------|
-| RGB                   | RGB                             | RGB                               |
-| YBR_FULL              | RGB (pydicom's conversion)      | YBR_FULL (8-bit), else RGB        |
-| YBR_FULL_422          | RGB                             | YBR_FULL_422 native (8-bit, even columns), RGB under RLE |
-| YBR_ICT / YBR_RCT / YBR_PARTIAL_420 | RGB               | RGB (those exist only inside their codecs) |
-| PALETTE COLOR         | RGB through the colour LUT      | RGB, 8-bit, LUT removed (an edit makes colours the palette lacks) |
-| MONOCHROME1 / 2       | grey replicated to RGB (MONOCHROME1 inverted first, so the model sees the displayed image) | the same MONOCHROME, luma of the edit |
+- RGB: RGB -> RGB.
+- YBR_FULL: converted to RGB by pydicom -> YBR_FULL when 8-bit (native or RLE), else RGB.
+- YBR_FULL_422: RGB -> YBR_FULL_422 in native syntaxes (8-bit, even columns), RGB under RLE
+  (which cannot hold subsampled data).
+- YBR_ICT, YBR_RCT, YBR_PARTIAL_420: RGB -> RGB (they exist only inside their codecs).
+- PALETTE COLOR: RGB through the colour lookup table -> RGB, 8-bit, table removed (an edit makes
+  colours the palette lacks).
+- MONOCHROME1 / MONOCHROME2: grey replicated to RGB, MONOCHROME1 inverted first so that the model
+  sees the displayed image -> the same MONOCHROME, from the luma of the edit.
+- JPEG baseline output is always YBR_FULL_422 (colour) or the source's MONOCHROME; JPEG 2000
+  output is RGB (colour).
 
 Samples of more than 8 bits are scaled from their Bits Stored range to 0..255 for the model and back
 on writing, so a 16-bit instance stays 16-bit (with 8 bits of information where the edit touched
@@ -34,19 +37,20 @@ import copy
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_color_lut, compress, convert_color_space, get_decoder
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    JPEG2000,
     UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -209,7 +213,8 @@ def read_frames_rgb(ds: Dataset) -> np.ndarray:
     fmt = pixel_format(ds)
     try:
         decoder = get_decoder(fmt.transfer_syntax)
-        arr, meta = decoder.as_array(ds, as_rgb=True)
+        options: dict[str, Any] = {"as_rgb": True}
+        arr, meta = decoder.as_array(ds, **options)
     except NotImplementedError as exc:
         raise InvalidInputError(
             f"no decoder is installed for transfer syntax {fmt.transfer_syntax.name}"
@@ -461,9 +466,7 @@ def write_derived_instance(
     return ds
 
 
-def _file_meta(source: Dataset, uid: UID, syntax: UID) -> Dataset:
-    from pydicom.dataset import FileMetaDataset
-
+def _file_meta(source: Dataset, uid: UID, syntax: UID) -> FileMetaDataset:
     meta = FileMetaDataset()
     src_meta = getattr(source, "file_meta", None)
     sop_class = source.get("SOPClassUID") or (src_meta or {}).get("MediaStorageSOPClassUID")

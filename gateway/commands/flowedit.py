@@ -48,7 +48,9 @@ def _read_image(path: Path) -> tuple[np.ndarray, str, np.ndarray | None]:
                 alpha = np.asarray(image.convert("RGBA"))[..., 3].copy()
             rgb = np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
-        raise InvalidInputError(f"{path.name} is not a readable image ({type(exc).__name__})") from exc
+        raise InvalidInputError(
+            f"{path.name} is not a readable image ({type(exc).__name__})"
+        ) from exc
     return rgb[np.newaxis], mode, alpha
 
 
@@ -144,9 +146,9 @@ def flowedit(
         except (InvalidDicomError, OSError, ValueError) as exc:
             raise InvalidInputError(f"{source.name} is not a readable DICOM file") from exc
         frames = read_frames_rgb(ds)
-        instance = str(ds.get("SOPInstanceUID", "")) or hashlib.sha256(
-            source.read_bytes()
-        ).hexdigest()
+        instance = (
+            str(ds.get("SOPInstanceUID", "")) or hashlib.sha256(source.read_bytes()).hexdigest()
+        )
     else:
         frames, mode, alpha = _read_image(source)
         instance = hashlib.sha256(source.read_bytes()).hexdigest()

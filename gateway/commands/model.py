@@ -51,8 +51,10 @@ def build_tiny(
     model, and everything made with it is labelled as made by a test model."""
     if family not in ("sd3", "flux"):
         raise ConfigError(f"--family must be sd3 or flux, not {family!r}")
+    from deid_core.model_dir import ensure_new_model_dir, verify_model_dir
+
+    ensure_new_model_dir(directory)  # before a minute of imports
     offline_ml_environment()
-    from deid_core.model_dir import verify_model_dir
     from deid_core.models import build_tiny_model
 
     started = time.perf_counter()
@@ -76,7 +78,9 @@ def verify(
 
     report = verify_model_dir(directory)
     out.print(f"{report.path}: complete {report.family} model, identity {report.identity}")
-    out.print("components: " + ", ".join(f"{k} ({v})" for k, v in sorted(report.components.items())))
+    out.print(
+        "components: " + ", ".join(f"{k} ({v})" for k, v in sorted(report.components.items()))
+    )
     if report.is_test_model:
         err.print("[yellow]warning:[/] this is a TEST MODEL with random weights")
     if load:

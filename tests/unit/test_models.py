@@ -94,7 +94,7 @@ def test_missing_directory_is_named(tmp_path: Path) -> None:
 
 
 def test_directory_without_model_index(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="model_index.json is missing"):
+    with pytest.raises(ConfigError, match=r"model_index\.json is missing"):
         verify_model_dir(tmp_path)
 
 
@@ -159,7 +159,7 @@ def test_missing_shard_of_a_sharded_component(tmp_path: Path, tiny_sd3: Path) ->
         },
     }
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(ConfigError, match="00002-of-00002.safetensors .a shard"):
+    with pytest.raises(ConfigError, match=r"00002-of-00002\.safetensors \(a shard"):
         verify_model_dir(model)
 
 
