@@ -337,11 +337,16 @@ def bench_architecture(
         "speedup_vs_paper_20s": round(PAPER_SECONDS / photo_s, 2),
         "peak_memory_gib": _peak_memory_gib(device),
     }
+    verdict = (
+        f"target {TARGET_SECONDS:.0f} s {'MET' if photo_s <= TARGET_SECONDS else 'MISSED'}; "
+        f"{PAPER_SECONDS / photo_s:.1f}x faster than the paper's {PAPER_SECONDS:.0f} s"
+        if arch.full_size
+        else "tiny model: the target applies to full-size models"
+    )
+    result["photograph"]["meets_target"] = photo_s <= TARGET_SECONDS if arch.full_size else None
     print(
         f"  {arch.name}: one {full}² photograph (edit + 2 twins at {half}² batched): "
-        f"{photo_s:.3f} s — target {TARGET_SECONDS:.0f} s "
-        f"{'MET' if photo_s <= TARGET_SECONDS else 'MISSED'}; "
-        f"{PAPER_SECONDS / photo_s:.1f}x the paper's {PAPER_SECONDS:.0f} s",
+        f"{photo_s:.3f} s — {verdict}",
         flush=True,
     )
     return result
@@ -564,10 +569,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for r in report["results"]:
         sizes = ", ".join(f"{e['size']}²: {e['seconds_per_image']:.3f} s" for e in r["sizes"])
         p = r["photograph"]
+        verdict = {True: "meets", False: "misses", None: "tiny: not judged against"}[
+            p["meets_target"]
+        ]
         print(
             f"  {r['model']:12s} {sizes}; photograph {p['edit_size']}² + twins {p['twin_size']}²: "
-            f"{p['seconds']:.3f} s ({'meets' if p['meets_target'] else 'misses'} the "
-            f"{TARGET_SECONDS:.0f} s target)"
+            f"{p['seconds']:.3f} s ({verdict} the {TARGET_SECONDS:.0f} s target)"
         )
     _write(report, args)
     return report
