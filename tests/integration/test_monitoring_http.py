@@ -15,9 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deid_core.errors import ConfigError
 from gateway.config import parse_config
-from gateway.events import StudyRouted
+from gateway.events import EventBus, StudyRouted
 from gateway.http import Liveness, MonitoringServer
 from gateway.metrics import GatewayMetrics
+from gateway.monitoring import Monitoring
 from tests.support.ops import DESTINATIONS, PLANTED_PHI, ROUTES, planted_phi_events
 
 pytestmark = pytest.mark.network
@@ -183,3 +184,38 @@ def test_metrics_section_of_the_configuration(key_file: Path) -> None:
         parse_config({**base, "metrics": {"address": "not an address!"}})
     with pytest.raises(ConfigError, match=r"metrics\.colour: unknown key"):
         parse_config({**base, "metrics": {"colour": "red"}})
+
+
+def test_monitoring_wires_bus_metrics_logs_and_endpoint(key_file: Path) -> None:
+    cfg = parse_config(
+        {"project": {"key": {"file": str(key_file)}}, "metrics": {"port": 0}}
+    ).metrics
+    bus = EventBus()
+    seen_ready = []
+    monitoring = Monitoring.start(
+        cfg,
+        bus,
+        ROUTES,
+        DESTINATIONS,
+        checks={"model_loaded": lambda: bool(seen_ready)},
+        log_events=False,
+    )
+    try:
+        assert monitoring.server is not None
+        bus.emit(StudyRouted(study_key="s", route="photos", instances=3))
+        _, _, body = get(f"{monitoring.server.url}/metrics")
+        assert b'dicomgw_instances_routed_total{route="photos"} 3.0' in body
+        assert get_json(f"{monitoring.server.url}/readyz")[0] == 503
+        seen_ready.append(True)
+        assert get_json(f"{monitoring.server.url}/readyz")[0] == 200
+        monitoring.liveness.register("scp_accept", 30)
+        assert get_json(f"{monitoring.server.url}/healthz")[1]["status"] == "ok"
+    finally:
+        monitoring.stop()
+        monitoring.stop()
+    disabled = parse_config(
+        {"project": {"key": {"file": str(key_file)}}, "metrics": {"enabled": False}}
+    ).metrics
+    off = Monitoring.start(disabled, EventBus(), ROUTES, DESTINATIONS, log_events=False)
+    assert off.server is None
+    off.stop()
