@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from gateway.config import MetricsConfig
 from gateway.events import BacklogProbe, EventBus
@@ -47,6 +47,11 @@ class Monitoring:
         log_events: bool = True,
     ) -> Monitoring:
         """Subscribe the metrics (and, by default, the event log) to ``bus`` and serve them."""
+        # prometheus-client would export a `_created` timestamp series beside every counter and
+        # histogram child, a third more series that no dashboard or alert reads. This is
+        # process-wide, which is why it is done here, where the process is wired, and not in
+        # GatewayMetrics.
+        disable_created_metrics()
         registry = CollectorRegistry()
         metrics = GatewayMetrics(
             registry,
