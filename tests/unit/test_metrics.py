@@ -25,6 +25,7 @@ from gateway.events import (
     StageCompleted,
     StudyRouted,
 )
+from gateway.labels import Vocabulary
 from gateway.metrics import GatewayMetrics
 from tests.support.ops import (
     DESTINATIONS,
@@ -356,3 +357,16 @@ def test_two_gateways_in_one_process_keep_separate_registries() -> None:
     GatewayMetrics(b, ROUTES, DESTINATIONS)
     assert value(a, "dicomgw_instances_routed_total", route="ct") == 1
     assert value(b, "dicomgw_instances_routed_total", route="ct") == 0
+
+
+def test_vocabulary_cleans_only_what_is_outside_it() -> None:
+    vocab = Vocabulary(ROUTES, DESTINATIONS)
+    kept = InstanceQuarantined(route="", reason=QuarantineReason.NO_ROUTE)
+    assert vocab.clean(kept) == kept
+    forwarded = InstanceForwarded(route="ct", destination="archive", seconds=0.1)
+    assert vocab.clean(forwarded) == forwarded
+    cleaned = vocab.clean(InstanceForwarded(route="DOE^JOHN", destination="PACS_X", seconds=0.1))
+    assert (cleaned.route, cleaned.destination) == ("other", "other")
+    refused = vocab.clean(InstanceRefused("a", "Smith^Jane", status=0xA700))
+    assert refused.reason == "other"
+    assert vocab.clean(ForwardFailed("backup", "timeout", True)).reason == "timeout"
