@@ -92,6 +92,7 @@ def compose() -> dict[str, Any]:
     return data
 
 
+@pytest.mark.slow
 def test_compose_file_passes_docker_compose_config(tmp_path: Path) -> None:
     tool = shutil.which("docker-compose")
     if tool is None:
