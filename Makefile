@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup system-deps venv helm-lint-env run test lint format services clean
 
-setup: system-deps venv helm-lint-env
+setup: system-deps venv
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -45,7 +45,7 @@ run: setup var/project.key
 services:
 	@scripts/start-services.sh
 
-test: setup services
+test: setup helm-lint-env services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory lint
 
