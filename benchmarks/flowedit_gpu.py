@@ -251,7 +251,9 @@ def bench_architecture(
 ) -> dict[str, Any]:
     from deid_core.flowedit import FlowEditor, FlowEditParams
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype) or (
+        torch.bfloat16 if device.type == "cuda" else torch.float32
+    )
     started = time.perf_counter()
     model = build_model(arch, device, dtype)
     built_s = time.perf_counter() - started
@@ -488,6 +490,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument(
         "--flops-only",
         action="store_true",
@@ -534,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if full and device.type != "cuda" and not args.tiny:
         print(
             f"refusing to run full-size {', '.join(full)} on the CPU (minutes per forward); "
-            "use --tiny, or run on a GPU",
+            "use --tiny (tiny models, or with --models a smoke run at tiny sizes), or a GPU",
             file=sys.stderr,
         )
         raise SystemExit(2)

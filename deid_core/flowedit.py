@@ -17,8 +17,9 @@ Why this shape of code: the prompt embeddings of a route never change, so `FlowE
 them once, and the model's large text encoder can then be freed. For SD3 the four evaluations of a
 step (source unconditional, source, target unconditional, target) of every image in the batch go
 into one transformer call; for FLUX the source and target evaluations share one call. Noise comes
-from one CPU `torch.Generator` per image, seeded by the caller (see `deid_core.seeds`), so an image
-gets the same noise whatever else is in its batch and whichever device runs the model.
+from one `torch.Generator` per image, seeded by the caller (see `deid_core.seeds`), so an image
+gets the same noise whatever else is in its batch (on the model's device: a CUDA generator on a
+GPU, so a retry on the same kind of device and software gives the same pixels).
 
 Public contract::
 
@@ -415,14 +416,19 @@ class FlowEditor:
     def _edit_batch(self, images: np.ndarray, seeds: list[int]) -> np.ndarray:
         size = (images.shape[1], images.shape[2])
         x_src, working = self._to_latents(images)
-        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        # One generator per image, on the model's device: drawing the noise on a CPU costs ~0.2 s
+        # per 1024² image (33 draws of 1 MB). Same seed, device kind and torch give the same noise.
+        generators = [torch.Generator(device=self.model.device).manual_seed(s) for s in seeds]
         z = self._flowedit(x_src, generators)
         return self._to_pixels(z, working, size)
 
     def _noise(self, like: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         shape = like.shape[1:]
-        draws = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
-        return torch.stack(draws).to(like.device)
+        draws = [
+            torch.randn(shape, generator=g, dtype=torch.float32, device=like.device)
+            for g in generators
+        ]
+        return torch.stack(draws)
 
     def _flowedit(self, x_src: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         p = self.params
