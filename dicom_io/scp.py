@@ -240,17 +240,15 @@ class StorageSCP:
             server.shutdown()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no association is open; True when none remain."""
+        """Wait until no accepted association is open; True when none remain. Connections that
+        never became an association (garbage, or negotiation after `stop_accepting`, which is
+        refused) hold no data and are not waited for."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.active_associations() == 0 and not self._pending_threads():
+            if self.active_associations() == 0:
                 return True
             time.sleep(0.05)
         return self.active_associations() == 0
-
-    def _pending_threads(self) -> bool:
-        server = getattr(self, "_active_server", None)
-        return bool(server is not None and server.active_associations)
 
     def abort_all(self) -> None:
         """Abort associations still open (after the drain timeout)."""

@@ -121,8 +121,8 @@ def send_files(target: StoreTarget, files: Sequence[Path]) -> list[int | None]:
     results: list[int | None] = []
     try:
         for path in files:
-            if not assoc.is_established:
-                results.append(None)
+            if not assoc.is_established or (results and results[-1] is None):
+                results.append(None)  # the association is gone: the rest waits for a retry
                 continue
             try:
                 rsp = assoc.send_c_store(path)
