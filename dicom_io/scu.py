@@ -115,8 +115,7 @@ def send_files(target: StoreTarget, files: Sequence[Path]) -> list[int | None]:
     if not assoc.is_established:
         if assoc.is_rejected:
             raise AssociationFailed("refused", f"{target.describe()} rejected the association")
-        if assoc.is_aborted:
-            raise AssociationFailed("aborted", f"{target.describe()} aborted the association")
+        # pynetdicom reports a refused TCP connection as an aborted association too
         raise AssociationFailed("unreachable", f"no association with {target.describe()}")
     results: list[int | None] = []
     try:

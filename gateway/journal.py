@@ -291,34 +291,44 @@ class Journal:
         return _instance(rows[0]) if rows else None
 
     def mark_queued(
-        self, instance_id: int, route: str, copies: Iterable[tuple[str, str]], study_key: str
+        self, instance_id: int, route: str, copies: Sequence[tuple[str, str]], study_key: str
     ) -> list[int]:
         """The instance's de-identified copies are durable in the outbox: one pending row per
         (destination, outbox path)."""
+        return self.mark_queued_many([(instance_id, route, copies)], study_key)
+
+    def mark_queued_many(
+        self,
+        instances: Sequence[tuple[int, str, Sequence[tuple[str, str]]]],
+        study_key: str,
+    ) -> list[int]:
+        """Several instances' copies in one transaction (a whole study at once)."""
         now = time.time()
         ids = []
         with self.transaction() as db:
-            for destination, path in copies:
-                cur = db.execute(
-                    "INSERT INTO outbox (instance_id, destination, path, study_key, route, state,"
-                    " next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (
-                        instance_id,
-                        destination,
-                        path,
-                        study_key,
-                        route,
-                        OutboxState.PENDING.value,
-                        now,
-                        now,
-                        now,
-                    ),
+            for instance_id, route, copies in instances:
+                for destination, path in copies:
+                    cur = db.execute(
+                        "INSERT INTO outbox (instance_id, destination, path, study_key, route,"
+                        " state, next_attempt_at, created_at, updated_at)"
+                        " VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            instance_id,
+                            destination,
+                            path,
+                            study_key,
+                            route,
+                            OutboxState.PENDING.value,
+                            now,
+                            now,
+                            now,
+                        ),
+                    )
+                    ids.append(int(cur.lastrowid or 0))
+                db.execute(
+                    "UPDATE instances SET state=?, route=?, updated_at=? WHERE id=?",
+                    (InstanceState.QUEUED.value, route, now, instance_id),
                 )
-                ids.append(int(cur.lastrowid or 0))
-            db.execute(
-                "UPDATE instances SET state=?, route=?, updated_at=? WHERE id=?",
-                (InstanceState.QUEUED.value, route, now, instance_id),
-            )
         return ids
 
     def mark_quarantined(

@@ -174,10 +174,16 @@ class Pipeline:
     def process_study(self, study_key: str) -> StudyResult:
         result = StudyResult()
         routed: Counter[str] = Counter()
+        # The study's outbox copies are committed together, so a forwarder sees the whole study
+        # at once (one association per study batch). A crash before the commit leaves every row
+        # `received`; the copies already written are orphans, removed on start.
+        staged: list[tuple[int, str, list[tuple[str, str]]]] = []
         for row in self.journal.received_in_study(study_key):
-            route_name = self._process_instance(row, result)
+            route_name = self._process_instance(row, result, staged)
             if route_name is not None:
                 routed[route_name] += 1
+        if staged:
+            self.journal.mark_queued_many(staged, study_key)
         for route_name, count in routed.items():
             self.events.emit(StudyRouted(study_key=study_key, route=route_name, instances=count))
         LOG.info(
@@ -223,7 +229,12 @@ class Pipeline:
             entry=entry,
         )
 
-    def _process_instance(self, row: InstanceRow, result: StudyResult) -> str | None:
+    def _process_instance(
+        self,
+        row: InstanceRow,
+        result: StudyResult,
+        staged: list[tuple[int, str, list[tuple[str, str]]]],
+    ) -> str | None:
         try:
             data = self.spool.read(row.spool_path)
         except FileNotFoundError:
@@ -294,7 +305,7 @@ class Pipeline:
         copies = [
             (dest, self.outbox.put(dest, row.study_key, encoded)) for dest in route.destinations
         ]
-        self.journal.mark_queued(row.id, route.name, copies, row.study_key)
+        staged.append((row.id, route.name, copies))
         result.queued += 1
         return route.name
 
