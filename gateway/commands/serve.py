@@ -68,7 +68,7 @@ def quarantine_list(
             return
         out.print(f"{'id':<20} {'created':<21} {'reason':<28} {'route':<12} {'dest':<10} study")
         for r in rows:
-            state = "" if r.state == "held" else f"  [{r.state}]"
+            state = "" if r.state == "held" else f"  ({r.state})"
             out.print(
                 f"{r.id:<20} {_when(r.created_at):<21} {r.reason:<28} {r.route or '-':<12} "
                 f"{r.destination or '-':<10} {r.study_key}{state}"
@@ -88,7 +88,7 @@ def quarantine_show(
     try:
         entry = storage.quarantine.show(entry_id)
         r = entry.row
-        out.print(f"entry        {r.id}  [{r.state}]")
+        out.print(f"entry        {r.id}  ({r.state})")
         out.print(f"created      {_when(r.created_at)}")
         out.print(f"reason       {r.reason}")
         out.print(f"route        {r.route or '-'}")
