@@ -32,7 +32,30 @@ EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"})
 _LONG_VRS |= frozenset({b"UR", b"UT", b"UV"})
 _ALL_VRS = _LONG_VRS | frozenset(
-    vr.encode() for vr in ["AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"]
+    vr.encode()
+    for vr in [
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FD",
+        "FL",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "SL",
+        "SS",
+        "ST",
+        "TM",
+        "UI",
+        "UL",
+        "US",
+    ]
 )
 _LE_HH, _BE_HH = struct.Struct("<HH"), struct.Struct(">HH")
 _LE_L, _BE_L = struct.Struct("<L"), struct.Struct(">L")

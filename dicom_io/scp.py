@@ -191,6 +191,7 @@ class StorageSCP:
         ae.require_called_aet = False
         transfer_syntaxes = [str(ts) for ts in AllTransferSyntaxes]
         for cx in AllStoragePresentationContexts:
+            assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, transfer_syntaxes)
         ae.add_supported_context(Verification)
         return ae
@@ -199,7 +200,7 @@ class StorageSCP:
         if self._server is not None:
             raise RuntimeError("listener already started")
         ae = self._make_ae()
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, nodelay_on_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),

@@ -2,8 +2,8 @@
 
 The files are Part 10 files the gateway wrote itself (the outbox). They are streamed from disk in
 their own transfer syntax (pynetdicom's chunked send, `STORE_SEND_CHUNKED_DATASET`), never decoded
-and re-encoded, and the association proposes exactly the (SOP class, transfer syntax) pairs the batch
-needs. Every socket gets TCP_NODELAY (`dicom_io.net`).
+and re-encoded, and the association proposes exactly the (SOP class, transfer syntax) pairs the
+batch needs. Every socket gets TCP_NODELAY (`dicom_io.net`).
 
 Outcomes are reported per file: a status for each file that got an answer and None for each file
 not sent because the association failed; `AssociationFailed` says why no association was made.

@@ -86,13 +86,13 @@ def _samples(folder: Path) -> list[Path]:
         ("SC_rgb_jpeg_gdcm.dcm", 1, {"BurnedInAnnotation": "NO"}),
         ("rtplan.dcm", 1, {}),  # no route for RT plans: quarantined
     ]
-    paths = []
+    paths: list[Path] = []
     for name, count, changes in plans:
         source = get_testdata_file(name, download=False)
         if source is None:
             continue
         study = generate_uid()
-        for i in range(count):
+        for _ in range(count):
             ds = pydicom.dcmread(source)
             ds.StudyInstanceUID = study
             ds.SOPInstanceUID = generate_uid()
@@ -179,7 +179,8 @@ def run_demo(workdir: Path | None = None, timeout: float = 60.0) -> dict[str, in
             statuses = send_files(target, samples)
             accepted = sum(1 for s in statuses if s == 0)
             out.print(
-                f"sent {len(samples)} sample instances from pydicom's test files; {accepted} acknowledged"
+                f"sent {len(samples)} sample instances from pydicom's test files; "
+                f"{accepted} acknowledged"
             )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:

@@ -19,6 +19,7 @@ Rows hold no PHI: studies are identified by a keyed hash (`study_key`), files by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -223,10 +224,9 @@ class Journal:
         with self._lock:
             if self._closed:
                 return
-            try:
+            # another process may hold a read lock; the WAL then stays valid as it is
+            with contextlib.suppress(sqlite3.OperationalError):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.OperationalError:
-                pass  # another process holds a read lock; the WAL stays valid
             self._db.close()
             self._closed = True
 

@@ -6,6 +6,7 @@ journal), an archive that is down only makes the outbox grow; ingest never waits
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 
@@ -32,10 +33,8 @@ class Outbox:
     def remove(self, relative: str) -> None:
         path = self.root / relative
         path.unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):
             path.parent.rmdir()  # the study's folder, once empty
-        except OSError:
-            pass
 
     def remove_orphans(self, live: set[str]) -> int:
         """Delete copies no pending journal row refers to (written before a crash, or already

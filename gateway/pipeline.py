@@ -9,6 +9,7 @@ processed again on start; the result is the same because pseudonyms are keyed an
 
 from __future__ import annotations
 
+import copy
 import io
 import threading
 import time
@@ -57,7 +58,7 @@ def default_deidentifier_factory() -> DeidentifierFactory:
     This is the single place the pipeline obtains a de-identifier; until the real one is on the
     main branch a minimal stand-in is used and says so in the log."""
     try:
-        from gateway.profiles import build_deidentifier  # type: ignore[import-not-found]
+        from gateway.profiles import build_deidentifier
     except ImportError:
         LOG.warning("deidentifier_stand_in", detail="gateway.profiles not available yet")
         return _StandInDeidentifier.build
@@ -90,10 +91,10 @@ class _StandInDeidentifier:
     def deidentify(self, ds: Dataset) -> Dataset:
         if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
             raise InvalidInputError("the data set lacks SOP or Study Instance UID")
-        out = pydicom.dcmread(io.BytesIO(_encode(ds)))
+        out = copy.deepcopy(ds)
         for keyword in self._UID_KEYWORDS:
             if keyword in out:
-                setattr(out, keyword, self._uid(str(out.data_element(keyword).value)))
+                setattr(out, keyword, self._uid(str(out[keyword].value)))
         pid = self.key.hmac("patient", str(ds.get("PatientID", "")).encode()).hex()[:12]
         out.PatientName = "ANON^" + pid
         out.PatientID = pid

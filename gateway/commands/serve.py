@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,7 +40,7 @@ quarantine_app = typer.Typer(
 )
 
 
-def _open(config: Path):  # type: ignore[no-untyped-def]
+def _open(config: Path) -> tuple[Any, Any]:
     from gateway.node import Storage
 
     cfg = load_config(config)

@@ -46,9 +46,7 @@ def test_archive_refusing_dead_letters_then_release_delivers(tmp_path: Path) -> 
     data = config_dict(
         tmp_path / "gw",
         make_key_file(tmp_path),
-        destinations={
-            "archive": destination(host, port, "ARCHIVE", retry={"max_attempts": 3})
-        },
+        destinations={"archive": destination(host, port, "ARCHIVE", retry={"max_attempts": 3})},
     )
     cfg = parse(data)
     config_file = tmp_path / "gateway.yaml"
@@ -70,7 +68,9 @@ def test_archive_refusing_dead_letters_then_release_delivers(tmp_path: Path) -> 
         assert listing.returncode == 0, listing.stderr
         assert "dead_letter" in listing.stdout and "3 entries" in listing.stdout
         assert "TEST" not in listing.stdout and "4711" not in listing.stdout
-        entry_ids = [line.split()[0] for line in listing.stdout.splitlines() if line.startswith("q-")]
+        entry_ids = [
+            line.split()[0] for line in listing.stdout.splitlines() if line.startswith("q-")
+        ]
         shown = run_cli(["quarantine", "show", entry_ids[0], "--config", str(config_file)])
         assert "attempts = 3" in shown.stdout and "status 0xA700" in shown.stdout
         archive.accept = True
@@ -111,7 +111,9 @@ def test_burned_in_and_unrouted_instances_are_quarantined_and_can_be_released(
     cfg = parse(data)
     config_file = tmp_path / "gateway.yaml"
     config_file.write_text(yaml.safe_dump(data))
-    burned = next(iter(write_instances(tmp_path / "a", 1, 2, changes={"BurnedInAnnotation": "YES"}).values()))
+    burned = next(
+        iter(write_instances(tmp_path / "a", 1, 2, changes={"BurnedInAnnotation": "YES"}).values())
+    )
     plain = next(iter(write_instances(tmp_path / "b", 1, 2).values()))
     unrouted = next(iter(write_instances(tmp_path / "c", 1, 1, source="MR_small.dcm").values()))
     try:
@@ -128,8 +130,16 @@ def test_burned_in_and_unrouted_instances_are_quarantined_and_can_be_released(
         unrouted_id = next(r[0] for r in rows if "no_route" in r)
         # a person checked the pixels of one: release it; purge the other; route the MR by hand
         ok = run_cli(
-            ["quarantine", "release", burned_ids[0], "--accept-pixels", "--note", "checked",
-             "--config", str(config_file)]
+            [
+                "quarantine",
+                "release",
+                burned_ids[0],
+                "--accept-pixels",
+                "--note",
+                "checked",
+                "--config",
+                str(config_file),
+            ]
         )
         assert ok.returncode == 0, ok.stderr
         purged = run_cli(["quarantine", "purge", burned_ids[1], "--config", str(config_file)])

@@ -3,6 +3,7 @@ associate, durability before success, and every ingest fault with its defined an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -187,10 +188,8 @@ class _CuttingProxy:
         finally:
             # shutdown() sends FIN at once (close() alone waits for the relay thread's recv)
             for sock in (upstream, client):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
             self.listener.close()
 
@@ -233,7 +232,9 @@ def test_disk_past_high_water_mark_answers_out_of_resources(tmp_path: Path) -> N
         statuses = send_files(StoreTarget(GATEWAY_AE, host, port, MODALITY_AE), files)
         assert statuses == [0xA700, 0xA700]
         result = storescu(host, port, MODALITY_AE, GATEWAY_AE, files)
-        assert "out of resources" in (result.stdout + result.stderr).lower().replace("outofresources", "out of resources")
+        assert "out of resources" in (result.stdout + result.stderr).lower().replace(
+            "outofresources", "out of resources"
+        )
         assert {e.reason for e in events.of(InstanceRefused)} == {RefusalReason.DISK_FULL}
         assert not list(cfg.storage.spool_dir.glob("incoming/*/*"))
         assert _echo_ok(port)

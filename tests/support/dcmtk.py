@@ -1,4 +1,4 @@
-"""dcmtk's storescu and echoscu as the modality (with TCP_NODELAY=1, which Debian's dcmtk honours)."""
+"""dcmtk's storescu and echoscu as the modality (TCP_NODELAY=1, which Debian's dcmtk honours)."""
 
 from __future__ import annotations
 

@@ -87,9 +87,7 @@ def config_dict(
         "destinations": destinations or {},
         "routes": routes
         if routes is not None
-        else (
-            [{"name": "all", "destinations": sorted(destinations)}] if destinations else []
-        ),
+        else ([{"name": "all", "destinations": sorted(destinations)}] if destinations else []),
         "logging": {"level": "warning"},
     }
     for name, value in sections.items():

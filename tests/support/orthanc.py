@@ -121,9 +121,7 @@ class Orthanc:
             return json.loads(rsp.read())
 
     def post(self, path: str, body: Any) -> Any:
-        req = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(), method="POST"
-        )
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
         with _OPENER.open(req, timeout=30) as rsp:
             return json.loads(rsp.read())
 
