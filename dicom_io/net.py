@@ -2,9 +2,9 @@
 
 pynetdicom never sets TCP_NODELAY. Without it, Nagle's algorithm holds the small trailing PDU of
 each C-STORE until the peer's delayed ACK, about 40 ms per instance (MACHINE-NOTES: a pynetdicom
-sender went from 11–20 to 153–191 instances/s into Orthanc once it was set). `enable_nodelay` is bound to
-EVT_CONN_OPEN on both our listener and our sender, so every association socket gets it before the
-first DIMSE message flows.
+sender went from 11–20 to 153–191 instances/s into Orthanc once it was set). `nodelay_on_open` is
+bound to EVT_CONN_OPEN on both our listener and our sender, so every association socket gets it
+before the first DIMSE message flows.
 """
 
 from __future__ import annotations
