@@ -109,6 +109,10 @@ def flowedit(
     sop_instance_uid: Annotated[
         str | None, typer.Option("--sop-instance-uid", help="UID of the derived instance")
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", help="CPU threads for torch (1 is fastest on a busy machine)"),
+    ] = None,
 ) -> None:
     """Edit one file with FlowEdit (no inversion) and write the result."""
     if seed is not None and key_file is not None:
@@ -128,6 +132,10 @@ def flowedit(
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError("--threads must be at least 1")
+        torch.set_num_threads(threads)
     key = ProjectKey(key_file.read_bytes()) if key_file is not None else None
 
     dicom_in = _is_dicom(source)

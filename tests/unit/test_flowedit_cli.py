@@ -20,7 +20,7 @@ from deid_core.models import build_tiny_model
 from dicom_io.pixels import read_frames_rgb
 from tests.conftest import REPO, run_cli
 
-FAST = ["--steps", "6", "--n-max", "4"]
+FAST = ["--steps", "6", "--n-max", "4", "--threads", "1"]
 
 
 def _no_network_prefix() -> list[str]:
