@@ -27,10 +27,12 @@ from dicom_io.scp import AccessPolicy, StorageSCP, caller_rules
 from dicom_io.tls import server_context
 from gateway.config import GatewayConfig
 from gateway.events import Backlog, EventBus
+from gateway.executors import PixelExecutor
 from gateway.forwarder import DestinationWorker, Forwarder, store_target
 from gateway.ingest import Ingest, adopt_orphans
 from gateway.journal import Journal
 from gateway.logs import get_logger
+from gateway.metrics import WorkerPoolProbe
 from gateway.outbox import Outbox
 from gateway.pipeline import DeidentifierFactory, Pipeline
 from gateway.quarantine import Quarantine
@@ -111,12 +113,15 @@ class GatewayNode:
         *,
         deidentifier_factory: DeidentifierFactory | None = None,
         drain_timeout: float = 30.0,
+        pixel_executor: PixelExecutor | None = None,
     ) -> None:
+        """`pixel_executor` replaces the configured executor of photograph routes (tests)."""
         self.cfg = cfg
         self.key = key
         self.events = events or EventBus()
         self.drain_timeout = drain_timeout
         self._deidentifier_factory = deidentifier_factory
+        self._pixel_executor = pixel_executor
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._stop_assembler = threading.Event()
@@ -150,6 +155,7 @@ class GatewayNode:
             storage.quarantine,
             self.events,
             self._deidentifier_factory,
+            self._pixel_executor,
         )
         rng = random.Random()
         workers = {
@@ -168,6 +174,8 @@ class GatewayNode:
         }
         self.forwarder = Forwarder(workers)
         self.forwarder.start()
+        self.pipeline.on_queued = self.forwarder.wake
+        self.pipeline.start()
         self._assembler = threading.Thread(target=self._assemble, name="assembler", daemon=True)
         self._assembler.start()
         self.scp = StorageSCP(
@@ -228,6 +236,12 @@ class GatewayNode:
         assert self.storage is not None
         return BacklogReader(self.storage).backlog()
 
+    @property
+    def workers(self) -> WorkerPoolProbe | None:
+        """The remote worker pool's heartbeats (executor celery), for the metrics."""
+        executor = self.pipeline.executor if self.pipeline is not None else None
+        return executor.probe if executor is not None else None
+
     # --- stop ----------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
@@ -245,6 +259,9 @@ class GatewayNode:
             self._stop_assembler.set()
             if self._assembler is not None:
                 self._assembler.join(self.drain_timeout)
+            if self.pipeline is not None:
+                # a batch in hand finishes; jobs not done stay journaled for the next start
+                self.pipeline.stop(self.drain_timeout)
             if self.forwarder is not None:
                 self.forwarder.stop(self.drain_timeout)
             if self.storage is not None:
