@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "gateway.commands.serve",
     "gateway.commands.model",
     "gateway.commands.flowedit",
+    "gateway.commands.worker",
 ]
 
 app = typer.Typer(

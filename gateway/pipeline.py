@@ -221,7 +221,8 @@ class Pipeline:
         self._lock = threading.RLock()
         #: called after finished pixel jobs put copies in the outbox (the node wakes forwarders)
         self.on_queued: Callable[[], None] | None = None
-        self._uid_mapper = self._find_uid_mapper()
+        #: the keyed UID of something made from an original (pseudonymizer.derived_uid)
+        self.derived_uid: Callable[[str, str], str] = self._find_uid_mapper()
 
     # --- the executor ----------------------------------------------------------------------------
 
@@ -418,7 +419,7 @@ class Pipeline:
         def derive(*parts: str | bytes | int) -> int:
             return derive_seed(self.key, uid, route, *parts)
 
-        return PixelContext(route, study_key, derive(), derive, self._uid_mapper)
+        return PixelContext(route, study_key, derive(), derive, self.derived_uid)
 
     def _find_uid_mapper(self) -> Callable[[str, str], str]:
         """The pseudonymizer's `derived_uid` (issue 2's Deidentifier); until it is there, the same

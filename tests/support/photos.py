@@ -20,16 +20,22 @@ PATIENT_ID = "PID-0815"
 
 def skin_image(size: int, seed: int, lesion: bool) -> np.ndarray:
     """(size, size, 3) uint8: even skin with mild texture; a red ellipse when `lesion`."""
+    return skin_image_and_mask(size, seed, lesion)[0]
+
+
+def skin_image_and_mask(size: int, seed: int, lesion: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The image of `skin_image` and the lesion's true mask (empty without a lesion)."""
     rng = np.random.default_rng(seed)
     base = np.array([224, 172, 140], dtype=np.float64) + rng.normal(0, 6, 3)
     image = base + rng.normal(0, 3.0, (size, size, 3))
+    inside = np.zeros((size, size), dtype=bool)
     if lesion:
         yy, xx = np.mgrid[0:size, 0:size]
         cy, cx = size * rng.uniform(0.4, 0.6, 2)
         ry, rx = size * rng.uniform(0.12, 0.2, 2)
         inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
         image[inside] = np.array([180, 60, 60]) + rng.normal(0, 3.0, (int(inside.sum()), 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
+    return np.clip(image, 0, 255).astype(np.uint8), inside
 
 
 @dataclass(frozen=True)
