@@ -88,7 +88,8 @@ def skin_region(lab: np.ndarray) -> np.ndarray:
     dark = L < 12  # background, vignetting corners of dermoscopy
     glare = (L > 90) & (chroma < 10)  # specular highlights, white paper
     green = a < -3  # drapes; skin and lesions are never greener than neutral
-    blue = (b < -6) & (a < 10)  # drapes, blue markers, ink
+    # Drapes, blue markers and ink: hue beyond -50 degrees (violaceous lesions stay above it).
+    blue = (b < -6) & (b < -1.2 * a)
     return np.asarray(~(dark | glare | green | blue))
 
 
