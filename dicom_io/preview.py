@@ -1,4 +1,5 @@
-"""A picture of a received instance for a person to look at (the review station).
+"""A picture of a received instance for a person to look at (the review station), and a summary
+of what kind of object it is.
 
 Not for processing: the first frame only, scaled to 8 bits for display — grey images through the
 modality and VOI LUTs (the instance's window, else its full range; MONOCHROME1 inverted), colour
@@ -9,11 +10,15 @@ naming the reason's type, never a value from the data set.
 from __future__ import annotations
 
 import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.uid import UID
 
 from deid_core.errors import InvalidInputError
 
@@ -65,3 +70,47 @@ def render_png(data: bytes, max_side: int | None = 1600) -> bytes:
         raise
     except Exception as exc:
         raise InvalidInputError(f"the pixels cannot be shown ({type(exc).__name__})") from None
+
+
+@dataclass(frozen=True)
+class InstanceSummary:
+    """What kind of object an instance is — technical attributes only, never identifying ones —
+    so that a reviewer knows what they are deciding about (and which route could take it)."""
+
+    sop_class: str
+    modality: str
+    has_pixels: bool
+    rows: int
+    columns: int
+    frames: int
+    photometric: str
+    transfer_syntax: str
+
+
+_CODE = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+
+
+def _code(ds: pydicom.Dataset, keyword: str) -> str:
+    value = str(ds.get(keyword, "") or "").strip()
+    return value if _CODE.match(value) else ""
+
+
+def summarize(path: Path) -> InstanceSummary | None:
+    """None when the file cannot be read as DICOM. Large values (pixels) are not loaded."""
+    try:
+        ds = pydicom.dcmread(path, defer_size=1024)
+        uid = UID(str(ds.get("SOPClassUID", "")))
+        meta = getattr(ds, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        return InstanceSummary(
+            sop_class=uid.name if uid.is_valid else "",
+            modality=_code(ds, "Modality"),
+            has_pixels="PixelData" in ds or "FloatPixelData" in ds,
+            rows=int(ds.get("Rows", 0) or 0),
+            columns=int(ds.get("Columns", 0) or 0),
+            frames=int(ds.get("NumberOfFrames", 1) or 1),
+            photometric=_code(ds, "PhotometricInterpretation"),
+            transfer_syntax=UID(str(syntax)).name if syntax else "",
+        )
+    except Exception:
+        return None

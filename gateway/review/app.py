@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from deid_core.errors import InvalidInputError
-from dicom_io.preview import render_png
+from dicom_io.preview import render_png, summarize
 from gateway.events import QuarantineReason
 from gateway.logs import get_logger
 from gateway.quarantine import INSTANCE_FILE, QuarantineError
@@ -421,6 +421,8 @@ def create_app(station: ReviewStation) -> FastAPI:
         gate = None
         if isinstance(iou, int | float) and isinstance(threshold, int | float):
             gate = {"iou": float(iou), "threshold": float(threshold)}
+        instance = entry.folder / INSTANCE_FILE
+        summary = summarize(instance) if held and instance.is_file() else None
         history = station.journal.decisions(entry_id)
         audit = (
             read_audit(station.reader, entry_id=entry_id, newest_first=True, limit=50)
@@ -440,8 +442,9 @@ def create_app(station: ReviewStation) -> FastAPI:
             downloads=[a for a in arts if not a.is_image],
             show_instance=held
             and not any(a.is_image for a in arts)
-            and row.reason not in (QuarantineReason.UNREADABLE.value,)
-            and (entry.folder / INSTANCE_FILE).exists(),
+            and summary is not None
+            and summary.has_pixels,
+            summary=summary,
             choices=choices_for(row) if held else None,
             routes=sorted(station.routes),
             history=history,
@@ -498,6 +501,10 @@ def create_app(station: ReviewStation) -> FastAPI:
         path = entry.folder / INSTANCE_FILE
         if entry.row.state != "held" or not path.is_file():
             raise StarletteHTTPException(404, "the instance is no longer kept")
+        try:
+            png = render_png(path.read_bytes())
+        except InvalidInputError as exc:
+            raise StarletteHTTPException(422, str(exc)) from None
         station.audit.record(
             identity.user.name,
             identity.user.role.value,
@@ -505,10 +512,6 @@ def create_app(station: ReviewStation) -> FastAPI:
             entry_id=entry_id,
             detail={"file": INSTANCE_FILE, "kind": "instance"},
         )
-        try:
-            png = render_png(path.read_bytes())
-        except InvalidInputError as exc:
-            raise StarletteHTTPException(422, str(exc)) from None
         return image_response(png, "image/png")
 
     @app.post("/quarantine/{entry_id}/{decision}")

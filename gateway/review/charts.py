@@ -23,21 +23,24 @@ PALETTE = (
     "#000000",
 )
 
-WIDTH = 760
-HEIGHT = 230
-_LEFT, _RIGHT, _TOP, _BOTTOM = 48, 12, 30, 34
+WIDTH = 1200
+HEIGHT = 250
+_LEFT, _RIGHT, _TOP, _BOTTOM = 52, 14, 34, 34
 
 
-def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x 10^k at or above `value` (at least 1): round axis tops."""
-    if value <= 1:
-        return 1.0
-    exp = math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        top = step * 10**exp
-        if top >= value:
-            return float(top)
-    return float(10 ** (exp + 1))  # pragma: no cover - the loop always returns
+def axis(value: float, max_ticks: int = 5) -> tuple[float, float]:
+    """(top, step) of a count axis: a step of 1, 2 or 5 x 10^k (at least 1: counts are whole)
+    and the fewest steps, at most `max_ticks`, that reach `value`."""
+    if value <= 0:
+        return 1.0, 1.0
+    rough = value / (max_ticks - 1)
+    exp = math.floor(math.log10(rough)) if rough >= 1 else 0
+    step = 10.0**exp
+    for factor in (1, 2, 5, 10):
+        step = max(1.0, factor * 10.0**exp)
+        if math.ceil(value / step) <= max_ticks - 1:
+            break
+    return step * math.ceil(value / step), step
 
 
 def _fmt(value: float) -> str:
@@ -51,6 +54,7 @@ def _frame(
     labels: Sequence[str],
     series: Mapping[str, Sequence[float]],
     top: float,
+    step: float,
     colours: Mapping[str, str],
 ) -> list[str]:
     plot_w = WIDTH - _LEFT - _RIGHT
@@ -65,9 +69,10 @@ def _frame(
         f"<title>{escape(title)}</title>",
         f"<desc>{escape(desc)}</desc>",
     ]
-    for i in range(5):
-        value = top * i / 4
-        y = _TOP + plot_h - plot_h * i / 4
+    ticks = round(top / step)
+    for i in range(ticks + 1):
+        value = step * i
+        y = _TOP + plot_h - plot_h * value / top
         parts.append(
             f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}"'
             f' stroke="{"#9aa3ad" if i == 0 else "#e3e7eb"}" stroke-width="1"/>'
@@ -118,8 +123,8 @@ def bar_chart(
     colours = colours or colours_for(list(series))
     n = len(labels)
     totals = [sum(values[i] for values in series.values()) for i in range(n)]
-    top = nice_ceiling(max(totals, default=0))
-    parts = _frame(title, labels, series, top, colours)
+    top, step = axis(max(totals, default=0))
+    parts = _frame(title, labels, series, top, step, colours)
     plot_w = WIDTH - _LEFT - _RIGHT
     plot_h = HEIGHT - _TOP - _BOTTOM
     slot = plot_w / max(n, 1)
@@ -152,8 +157,8 @@ def line_chart(
     """One line per series, a dot on each point."""
     colours = colours or colours_for(list(series))
     n = len(labels)
-    top = nice_ceiling(max((max(v, default=0) for v in series.values()), default=0))
-    parts = _frame(title, labels, series, top, colours)
+    top, step = axis(max((max(v, default=0) for v in series.values()), default=0))
+    parts = _frame(title, labels, series, top, step, colours)
     plot_w = WIDTH - _LEFT - _RIGHT
     plot_h = HEIGHT - _TOP - _BOTTOM
     for name, values in series.items():

@@ -70,7 +70,9 @@ def png(image: np.ndarray) -> bytes:
 def qa_panel(original: np.ndarray, edited: np.ndarray, value: float, threshold: float) -> bytes:
     """Original | de-identified | mask of each | the IoU, as one PNG."""
     masks = [redness_mask(original), redness_mask(edited)]
-    tiles = [original, edited] + [np.repeat((m * 255).astype(np.uint8)[..., None], 3, 2) for m in masks]
+    tiles = [original, edited] + [
+        np.repeat((m * 255).astype(np.uint8)[..., None], 3, 2) for m in masks
+    ]
     h, w = original.shape[:2]
     panel = Image.new("RGB", (4 * w + 5 * 8, h + 44), (255, 255, 255))
     draw = ImageDraw.Draw(panel)
@@ -215,8 +217,9 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "review.crt", folder / "review.key"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+            "openssl", "req", "-x509", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
         ],
         check=True,
