@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "gateway.commands.config",
     "gateway.commands.serve",
     "gateway.commands.review",
+    "gateway.commands.model",
+    "gateway.commands.flowedit",
 ]
 
 app = typer.Typer(
