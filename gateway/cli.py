@@ -17,6 +17,10 @@ from gateway.commands import err
 
 COMMAND_MODULES = [
     "gateway.commands.config",
+    "gateway.commands.serve",
+    "gateway.commands.review",
+    "gateway.commands.model",
+    "gateway.commands.flowedit",
     "gateway.commands.lesion",
 ]
 
