@@ -24,6 +24,7 @@ import json
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from PIL import Image
 from skimage.filters import threshold_otsu
 
 from deid_core.lesion import (
+    DEFAULT_HEALTHY_PROMPT,
+    DEFAULT_LESION_PROMPT,
     SkinRelativeParams,
     TwinGenerator,
     dice,
@@ -134,18 +137,30 @@ def twin_method(generator: TwinGenerator, long_side: int, seed: int) -> MaskFn:
 def build_generator(args: argparse.Namespace) -> tuple[TwinGenerator, str] | None:
     if not (args.model or args.tiny_model):
         return None
-    from deid_core.flowedit import FlowEditor, FlowEditParams
+    from gateway.commands.model import offline_ml_environment
+
+    offline_ml_environment()
+    import torch
+
+    from deid_core.lesion import flowedit_twins
     from deid_core.models import build_tiny_model, load_model
 
-    model = load_model(args.model, device=args.device) if args.model else build_tiny_model()
-    params = FlowEditParams.defaults_for(model.family)
-    editor = FlowEditor(model, params, args.lesion_prompt, args.healthy_prompt)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model:
+        model_dir = args.model
+    else:
+        scratch = tempfile.mkdtemp(prefix="lesion-bench-")
+        model_dir = build_tiny_model(Path(scratch) / "tiny-sd3", "sd3")
+    model = load_model(model_dir, device=args.device)
+    generator = flowedit_twins(model, args.lesion_prompt, args.healthy_prompt, args.twin_size)
+    model.release_text_encoders()
     label = (
-        "TEST MODEL (random weights: twins are meaningless)"
+        "the TEST MODEL (random weights: its twins are meaningless)"
         if model.is_test_model
         else model.identity()
     )
-    return editor.edit, label
+    return generator, label
 
 
 def time_1024(fn: MaskFn, repeats: int = 5) -> float:
@@ -173,12 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         "--tiny-model", action="store_true", help="twin mask with the random test model"
     )
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--twin-size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--lesion-prompt", default="a clinical photograph of skin with a red inflamed lesion"
-    )
-    ap.add_argument("--healthy-prompt", default="a clinical photograph of healthy normal skin")
+    ap.add_argument("--lesion-prompt", default=DEFAULT_LESION_PROMPT)
+    ap.add_argument("--healthy-prompt", default=DEFAULT_HEALTHY_PROMPT)
     ap.add_argument("--per-image", action="store_true", help="print every pair's IoU")
     ap.add_argument("--out", type=Path, default=RESULTS / "lesion_masks.json")
     args = ap.parse_args(argv)

@@ -21,6 +21,11 @@ from deid_core.lesion.gate import (
 from deid_core.lesion.image import check_rgb, resize_mask
 from deid_core.lesion.overlap import dice, iou
 from deid_core.lesion.skin import SkinRelativeParams, skin_relative_mask, skin_relative_score
+from deid_core.lesion.synthesis import (
+    DEFAULT_HEALTHY_PROMPT,
+    DEFAULT_LESION_PROMPT,
+    flowedit_twins,
+)
 from deid_core.lesion.twin import (
     TwinGenerator,
     TwinMaskParams,
@@ -29,6 +34,8 @@ from deid_core.lesion.twin import (
 )
 
 __all__ = [
+    "DEFAULT_HEALTHY_PROMPT",
+    "DEFAULT_LESION_PROMPT",
     "GateMethod",
     "GateOutcome",
     "GateResult",
@@ -41,6 +48,7 @@ __all__ = [
     "check_rgb",
     "clean_mask",
     "dice",
+    "flowedit_twins",
     "healthy_twins",
     "iou",
     "resize_mask",

@@ -16,11 +16,14 @@ import typer
 from PIL import Image, UnidentifiedImageError
 
 from deid_core.errors import ConfigError, InvalidInputError
-from gateway.commands import out
+from gateway.commands import err, out
+from gateway.commands.model import offline_ml_environment
 
 if TYPE_CHECKING:
     from deid_core.lesion import TwinGenerator
 
+# Kept in step with deid_core.lesion.synthesis (not imported: that would load scikit-image for
+# every command of the CLI); a unit test checks they agree.
 DEFAULT_LESION_PROMPT = "a clinical photograph of skin with a red inflamed lesion"
 DEFAULT_HEALTHY_PROMPT = "a clinical photograph of healthy normal skin"
 
@@ -43,26 +46,18 @@ def _is_dicom(path: Path) -> bool:
 
 def _dicom_rgb(path: Path, label: str) -> np.ndarray:
     import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from dicom_io.pixels import read_frames_rgb
 
     try:
         ds = pydicom.dcmread(path)
-        frames = ds.pixel_array  # pydicom 3 converts YBR to RGB by default
-    except Exception as exc:  # decoders raise many types on corrupt or unsupported data
-        raise InvalidInputError(
-            f"{label}: DICOM pixel data could not be decoded ({type(exc).__name__})"
-        ) from exc
-    samples = int(getattr(ds, "SamplesPerPixel", 1))
-    if samples != 3:
-        raise InvalidInputError(
-            f"{label}: the lesion gate needs a colour photograph, this DICOM image has "
-            f"{samples} sample(s) per pixel"
-        )
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        frames = frames[0]
-    if frames.dtype != np.uint8:
-        top = float(2 ** int(ds.BitsStored) - 1)
-        frames = np.clip(np.asarray(frames, dtype=np.float64) / top * 255 + 0.5, 0, 255)
-    return np.ascontiguousarray(frames.astype(np.uint8))
+    except (InvalidDicomError, OSError, ValueError) as exc:
+        raise InvalidInputError(f"{label}: not a readable DICOM file") from exc
+    frames = read_frames_rgb(ds)
+    if len(frames) > 1:
+        err.print(f"note: {label} has {len(frames)} frames; the gate checks the first")
+    return np.ascontiguousarray(frames[0])
 
 
 def read_rgb(path: Path, label: str) -> np.ndarray:
@@ -80,19 +75,34 @@ def read_rgb(path: Path, label: str) -> np.ndarray:
 
 
 def healthy_twin_generator(
-    model_dir: Path, lesion_prompt: str, healthy_prompt: str, device: str
+    model_dir: Path,
+    lesion_prompt: str,
+    healthy_prompt: str,
+    twin_size: int,
+    device: str,
+    threads: int | None,
 ) -> tuple[TwinGenerator, bool]:
     """FlowEdit with the "pathological -> healthy" prompt pair on a local model directory; also
     whether the model is the tiny random test model (its twins are meaningless)."""
-    try:
-        from deid_core.flowedit import FlowEditor, FlowEditParams
-        from deid_core.models import load_model
-    except ImportError as exc:  # pragma: no cover - only before FlowEdit is part of the build
-        raise ConfigError("--model needs the FlowEdit module, which this build lacks") from exc
+    from deid_core.model_dir import verify_model_dir
+
+    verify_model_dir(model_dir)  # a missing file is reported before a minute of imports
+    offline_ml_environment()
+    import torch
+
+    from deid_core.lesion import flowedit_twins
+    from deid_core.models import load_model
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError("--threads must be at least 1")
+        torch.set_num_threads(threads)
     model = load_model(model_dir, device=device)
-    params = FlowEditParams.defaults_for(model.family)
-    editor = FlowEditor(model, params, lesion_prompt, healthy_prompt)
-    return editor.edit, bool(model.is_test_model)
+    generator = flowedit_twins(model, lesion_prompt, healthy_prompt, twin_size)
+    model.release_text_encoders()
+    return generator, bool(model.is_test_model)
 
 
 def lesion_check(
@@ -134,7 +144,13 @@ def lesion_check(
         str, typer.Option(help="target prompt of the healthy-twin edit")
     ] = DEFAULT_HEALTHY_PROMPT,
     seed: Annotated[int, typer.Option(help="noise seed of both twins")] = 0,
-    device: Annotated[str, typer.Option(help="torch device for the model")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="torch device for the model: cpu, cuda or auto")
+    ] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads for torch (1 is fastest on a busy machine)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
 ) -> None:
     """Check that the lesion of ORIGINAL survived in CANDIDATE (exit 0: forward, 1: quarantine)."""
@@ -156,7 +172,9 @@ def lesion_check(
     test_model = False
     if chosen is GateMethod.TWIN:
         assert model is not None
-        generator, test_model = healthy_twin_generator(model, lesion_prompt, healthy_prompt, device)
+        generator, test_model = healthy_twin_generator(
+            model, lesion_prompt, healthy_prompt, twin_size, device, threads
+        )
     params = LesionGateParams(
         method=chosen,
         iou_threshold=threshold,
