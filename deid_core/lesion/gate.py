@@ -145,6 +145,13 @@ class GateResult:
             else round(self.cross_check_iou, 4),
         }
 
+    def details(self) -> dict[str, float | int | str]:
+        """`figures()` without empty values and flags: the shape a pixel step's
+        `PixelAccepted.details` / `PixelRejected.details` takes."""
+        return {
+            k: v for k, v in self.figures().items() if v is not None and not isinstance(v, bool)
+        }
+
     def summary(self) -> str:
         iou_text = "n/a" if self.iou is None else f"{self.iou:.3f}"
         return (

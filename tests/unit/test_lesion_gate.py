@@ -113,6 +113,16 @@ def test_figures_carry_areas_and_no_masks() -> None:
     assert all(isinstance(v, (str, int, float, bool, type(None))) for v in fig.values())
 
 
+def test_details_fit_a_pixel_step_outcome() -> None:
+    empty = np.zeros((100, 100), bool)
+    details = decide(empty, empty, SYNTHESIS_FREE).details()
+    assert "iou" not in details  # None is left out
+    assert details["outcome"] == "no_lesion_found"
+    assert all(
+        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in details.values()
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"iou_threshold": 0}, {"iou_threshold": 1.5}, {"unreliable_fraction": 0}, {"method": "x"}],
