@@ -32,8 +32,10 @@ OTHER = "other"
 NO_ROUTE = "none"
 RESERVED = frozenset({OTHER, NO_ROUTE})
 
-#: Failure kinds a forwarder reports (`ForwardFailed.reason`).
-FORWARD_FAILURE_REASONS = ("refused", "unreachable", "status", "timeout", "tls")
+#: Failure kinds a forwarder reports (`ForwardFailed.reason`): the kinds of
+#: `dicom_io.scu.AssociationFailed` ("aborted": the association broke in the middle of a batch)
+#: plus "status", one instance refused by an archive that answered.
+FORWARD_FAILURE_REASONS = ("refused", "unreachable", "aborted", "status", "timeout", "tls")
 #: Lesion gate outcomes (`LesionGateDecided.outcome`).
 GATE_OUTCOMES = ("accepted", "no_lesion_found", *(r.value for r in QuarantineReason))
 
