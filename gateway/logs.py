@@ -116,8 +116,7 @@ def scrub_exception(
     text = event_dict.get("exception")
     if isinstance(text, str):
         event_dict["exception"] = "\n".join(
-            line if _TRACEBACK_FRAME.match(line) else scrub_text(line)
-            for line in text.split("\n")
+            line if _TRACEBACK_FRAME.match(line) else scrub_text(line) for line in text.split("\n")
         )
     return event_dict
 
@@ -192,9 +191,8 @@ def configure_logging(
         )
     )
     handler._deid_gateway = True  # type: ignore[attr-defined]
+    _remove_library_handler()
     root = logging.getLogger()
-    for previous in [h for h in root.handlers if getattr(h, "_deid_gateway", False)]:
-        root.removeHandler(previous)
     root.addHandler(handler)
     # Libraries from warnings up (their debug output is costly and may dump data sets); our own
     # packages at the configured level.
@@ -202,6 +200,22 @@ def configure_logging(
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(numeric_level)
     logging.captureWarnings(True)
+
+
+def _remove_library_handler() -> None:
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if getattr(h, "_deid_gateway", False)]:
+        root.removeHandler(previous)
+
+
+def reset_logging() -> None:
+    """Undo `configure_logging` (for tests that configure it several times in one process)."""
+    _remove_library_handler()
+    logging.captureWarnings(False)
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    structlog.reset_defaults()
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
