@@ -228,7 +228,7 @@ class DestinationWorker:
             )
         )
         LOG.warning(
-            "forward_failed",
+            "forward_batch_failed",
             destination=self.name,
             reason=kind,
             instances=len(rows),

@@ -20,6 +20,7 @@ nobody logs a value read from a dataset.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import sys
@@ -232,7 +233,14 @@ _WARNING_EVENTS = frozenset(
         "InstanceRejected",
     }
 )
+#: Timing observations, several per instance: the metrics' business; in the log at debug only.
+_DEBUG_EVENTS = frozenset({"StageCompleted", "GpuWork"})
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+@functools.cache
+def _event_name(kind: str) -> str:
+    return _CAMEL.sub("_", kind).lower()
 
 
 class EventLog:
@@ -241,7 +249,7 @@ class EventLog:
     Events carry only configured names, enum values, counts, durations and opaque ids. Given the
     configuration's `Vocabulary`, the sink also maps any route, destination, reason or outcome
     outside it to ``other`` before writing, as the metrics do. Refusals, failures and quarantines
-    are warnings.
+    are warnings; per-stage timings are debug (the latency histograms carry them).
     """
 
     def __init__(
@@ -256,9 +264,11 @@ class EventLog:
         if self._vocabulary is not None:
             event = self._vocabulary.clean(event)
         kind = type(event).__name__
-        name = _CAMEL.sub("_", kind).lower()
+        name = _event_name(kind)
         fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
         if kind in _WARNING_EVENTS:
             self._log.warning(name, **fields)
+        elif kind in _DEBUG_EVENTS:
+            self._log.debug(name, **fields)
         else:
             self._log.info(name, **fields)
