@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from deid_core.errors import ConfigError
 from gateway.config import MetricsConfig
 from gateway.events import BacklogProbe, EventBus
 from gateway.http import Liveness, MonitoringServer, ReadinessCheck
@@ -71,9 +72,15 @@ class Monitoring:
         liveness = Liveness()
         server = None
         if config.enabled:
-            server = MonitoringServer(
-                registry, config.address, config.port, liveness=liveness, checks=checks
-            ).start()
+            try:
+                server = MonitoringServer(
+                    registry, config.address, config.port, liveness=liveness, checks=checks
+                ).start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"metrics: cannot listen on {config.address}:{config.port}: "
+                    f"{exc.strerror or exc} (another gateway on this port? set metrics.port)"
+                ) from None
         return cls(registry, metrics, liveness, server)
 
     def add_check(self, name: str, check: ReadinessCheck) -> None:

@@ -499,6 +499,19 @@ def test_prometheus_rule_from_the_chart_passes_promtool(chart: Chart, tmp_path: 
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_readiness_can_keep_ingesting_through_an_archive_outage(chart: Chart) -> None:
+    """Default: /readyz (an unreachable archive takes the pod out of the Service); an operator
+    who wants ingest to go on through archive outages probes /healthz instead."""
+    for path in ("/readyz", "/healthz"):
+        values = {"gateway": {"readinessProbe": {"path": path}}}
+        jsonschema.validate(merge(chart.default_values, values), values_schema())
+        objs = by_kind(chart.manifests(values))
+        (container,) = objs[("Deployment", "gw-deid-gateway")]["spec"]["template"]["spec"][
+            "containers"
+        ]
+        assert container["readinessProbe"]["httpGet"] == {"path": path, "port": "metrics"}
+
+
 def test_existing_claim_and_no_persistence(chart: Chart) -> None:
     objs = by_kind(chart.manifests({"persistence": {"existingClaim": "site-spool"}}))
     assert not any(kind == "PersistentVolumeClaim" for kind, _ in objs)
@@ -535,6 +548,7 @@ def test_values_schema_accepts_the_defaults_and_the_full_set(chart: Chart) -> No
         {"projectKey": {"value": "too-short"}},
         {"config": {"metrics": {"address": "127.0.0.1"}}},
         {"config": {"node": {"host": "127.0.0.1"}}},
+        {"gateway": {"readinessProbe": {"path": "/metrics"}}},
         {"config": {"storage": {"journal": "/tmp/journal.sqlite"}}},
         {"config": {"project": {"key": {"file": "/elsewhere/key"}}}},
         {"persistence": {"size": "lots"}},
