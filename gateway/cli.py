@@ -18,9 +18,11 @@ from gateway.commands import err
 COMMAND_MODULES = [
     "gateway.commands.config",
     "gateway.commands.serve",
+    "gateway.commands.review",
     "gateway.commands.model",
     "gateway.commands.flowedit",
     "gateway.commands.worker",
+    "gateway.commands.lesion",
 ]
 
 app = typer.Typer(

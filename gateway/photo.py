@@ -23,6 +23,7 @@ releases the text encoders, which cannot encode new prompts afterwards.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import time
@@ -35,7 +36,6 @@ import numpy as np
 from pydicom import Dataset
 
 from deid_core.errors import ConfigError, DeidGatewayError, PermanentError, RetryableError
-from deid_core.lesion_stand_in import StandInLesionGate, png, render_panel
 from deid_core.model_dir import verify_model_dir
 from deid_core.options import OPTION_CODES, ProfileOption
 from gateway.config import FlowEditRouteConfig, GatewayConfig, RouteTarget
@@ -46,6 +46,7 @@ from gateway.pixels import PixelAccepted, PixelContext, PixelOutcome, PixelRejec
 
 if TYPE_CHECKING:
     from deid_core.flowedit import FlowEditor
+    from deid_core.lesion import GateResult, LesionGate
     from deid_core.models import RectifiedFlowModel
 
 LOG = get_logger("gateway.photo")
@@ -97,10 +98,11 @@ class PhotoRoute:
     settings: FlowEditRouteConfig
     model: RectifiedFlowModel
     editor: FlowEditor
-    gate: StandInLesionGate
+    gate: LesionGate
 
     def provenance(self) -> str:
-        return f"{self.editor.derivation_description()}; lesion gate {self.gate.method}"
+        method = self.gate.params.method.value
+        return f"{self.editor.derivation_description()}; lesion gate {method}"
 
 
 def _torch_dtype(name: str) -> Any:
@@ -163,15 +165,7 @@ class PhotoEngine:
             model = models[ident]
             params = _params(model.family, s.params, f"{where}.flowedit.params")
             editor = FlowEditor(model, params, s.source_prompt, s.target_prompt)
-            twin = None
-            if s.gate.method == "twin":
-                twin_params = _params(
-                    model.family, s.gate.twin_params, f"{where}.flowedit.gate.twin_params"
-                )
-                twin = FlowEditor(
-                    model, twin_params, s.gate.twin_source_prompt, s.gate.twin_target_prompt
-                ).edit
-            gate = StandInLesionGate(s.gate.threshold, twin=twin, max_side=s.gate.twin_max_side)
+            gate = _lesion_gate(model, s, where)
             built[name] = PhotoRoute(name, s, model, editor, gate)
         # Only now, with every prompt of every route encoded, may the encoders go.
         for model in models.values():
@@ -221,7 +215,9 @@ class PhotoEngine:
         started = time.perf_counter()
         edited = route.editor.edit(frames, seeds)
         edit_done = time.perf_counter()
-        decisions = route.gate.check(frames, edited, twin_seeds if route.gate.twin else None)
+        decisions = [
+            route.gate.check(frames[i], edited[i], twin_seeds[i]) for i in range(len(frames))
+        ]
         gate_done = time.perf_counter()
         per_frame_edit = (edit_done - started) / len(frames)
         per_frame_gate = (gate_done - edit_done) / len(frames)
@@ -243,35 +239,87 @@ class PhotoEngine:
                 "edit_seconds": per_frame_edit * n,
                 "gate_seconds": per_frame_gate * n,
             }
-            failing = [(k, d) for k, d in enumerate(mine) if not d.passed]
+            failing = [(k, d) for k, d in enumerate(mine) if not d.accepted]
             if not failing:
                 worst = min(mine, key=lambda d: 1.0 if d.iou is None else d.iou)
                 out.append(
                     PixelResult(
                         status="accepted",
                         frames=job_edited,
-                        reason=worst.outcome,
-                        details={**worst.figures(), "frames": n},
+                        reason=worst.outcome.value,
+                        details={**worst.details(), "frames": n},
                         **common,
                     )
                 )
                 continue
             k, decision = failing[0]
-            artifacts = {
-                "panel.png": render_panel(job.frames[k], job_edited[k], decision),
-                "original.png": png(job.frames[k]),
-                "deidentified.png": png(job_edited[k]),
-            }
             out.append(
                 PixelResult(
                     status="rejected",
-                    reason=decision.outcome,
-                    details={**decision.figures(), "frames": n, "frame": k},
-                    artifacts=artifacts,
+                    # the edit too: a reviewer may waive the gate (PixelContext.waive_gate)
+                    frames=job_edited,
+                    reason=decision.outcome.value,
+                    details={**decision.details(), "frames": n, "frame": k},
+                    artifacts=_artifacts(job.frames[k], job_edited[k], decision, test_model),
                     **common,
                 )
             )
         return out
+
+
+def _lesion_gate(model: RectifiedFlowModel, s: FlowEditRouteConfig, where: str) -> LesionGate:
+    """The route's lesion gate (deid_core.lesion); with method twin, its healthy-twin FlowEditor
+    on the route's model (built now, before the text encoders go)."""
+    from deid_core.lesion import (
+        DEFAULT_HEALTHY_PROMPT,
+        DEFAULT_LESION_PROMPT,
+        GateMethod,
+        LesionGate,
+        LesionGateParams,
+        flowedit_twins,
+    )
+
+    g = s.gate
+    try:
+        params = LesionGateParams(
+            method=GateMethod(g.method), iou_threshold=g.threshold, twin_long_side=g.twin_max_side
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{where}.flowedit.gate: {exc}") from None
+    twin = None
+    if g.method == "twin":
+        _params(model.family, g.twin_params, f"{where}.flowedit.gate.twin_params")  # validate
+        twin = flowedit_twins(
+            model,
+            g.twin_source_prompt or DEFAULT_LESION_PROMPT,
+            g.twin_target_prompt or DEFAULT_HEALTHY_PROMPT,
+            g.twin_max_side,
+            **g.twin_params,
+        )
+    return LesionGate(params, twin)
+
+
+def _artifacts(
+    original: np.ndarray, edited: np.ndarray, decision: GateResult, test_model: bool
+) -> dict[str, bytes]:
+    """What a rejected photograph's quarantine entry keeps for a reviewer: the QA panel, and the
+    original and the edit as PNG (the names the review station looks for)."""
+    from deid_core.qa_panel import render_panel
+
+    note = f"made by a {TEST_MODEL_NOTE}" if test_model else None
+    return {
+        "panel.png": render_panel(original, edited, decision, note=note),
+        "original.png": _png(original),
+        "deidentified.png": _png(edited),
+    }
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _failed(job: PixelJob, kind: str, worker: str, retryable: bool = False) -> PixelResult:
@@ -379,12 +427,19 @@ class FlowEditStep:
             raise PixelStepFailed("the pixel result belongs to another route")
         if result.status == "failed":
             raise PixelStepFailed(f"the pixel work failed ({result.reason or 'unknown error'})")
-        figures = {"edit_seconds": round(result.edit_seconds, 4), **result.details}
+        figures: dict[str, float | int | str] = {
+            "edit_seconds": round(result.edit_seconds, 4),
+            **result.details,
+        }
         if result.status == "rejected":
             reason = _REJECTIONS.get(result.reason)
             if reason is None:
                 raise PixelStepFailed(f"unknown lesion gate outcome {result.reason!r}")
-            return PixelRejected(reason, figures, result.artifacts)
+            if not context.waive_gate:
+                return PixelRejected(reason, figures, result.artifacts)
+            if result.frames is None:
+                raise PixelStepFailed("the gate was waived but the result carries no edit")
+            figures["gate_waived"] = reason.value
         if context.derived_uid is None:
             raise PixelStepFailed("the flowedit step needs the keyed UID mapping")
         assert result.frames is not None

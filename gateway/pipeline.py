@@ -43,6 +43,7 @@ from gateway.events import (
     InstanceQuarantined,
     InstanceRejected,
     LesionGateDecided,
+    ModelLoaded,
     QuarantineReason,
     Stage,
     StageCompleted,
@@ -55,6 +56,7 @@ from gateway.logs import get_logger
 from gateway.outbox import Outbox
 from gateway.pixel_jobs import PixelJob, PixelResult
 from gateway.pixels import (
+    MODEL_FREE_STEPS,
     PixelAccepted,
     PixelContext,
     PixelOutcome,
@@ -202,13 +204,18 @@ class Pipeline:
         self._deidentifiers: dict[str, Deidentifier] = {
             name: factory(cfg, name, key) for name in cfg.profiles
         }
-        steps = {r.pixels for r in cfg.routes}
-        if not isinstance(cfg.default_route, str):
-            steps.add(cfg.default_route.pixels)
-        steps.add("none")
-        self._pixel_steps: dict[str, PixelStep] = {
-            name: build_pixel_step(name, cfg) for name in steps
-        }
+        routes_by_step: dict[str, list[str]] = {"none": []}
+        for route in self.router.all_routes():
+            routes_by_step.setdefault(route.pixels, []).append(route.name)
+        self._pixel_steps: dict[str, PixelStep] = {}
+        for name, routes in routes_by_step.items():
+            started = time.perf_counter()
+            self._pixel_steps[name] = build_pixel_step(name, cfg)
+            if name not in MODEL_FREE_STEPS:
+                # A step with a model loads it when built (once, at start-up).
+                seconds = time.perf_counter() - started
+                for route_name in routes:
+                    self.events.emit(ModelLoaded(route=route_name, seconds=seconds))
         self._async_steps: dict[str, AsyncPixelStep] = {
             name: step  # type: ignore[misc]
             for name, step in self._pixel_steps.items()
@@ -223,6 +230,11 @@ class Pipeline:
         self.on_queued: Callable[[], None] | None = None
         #: the keyed UID of something made from an original (pseudonymizer.derived_uid)
         self.derived_uid: Callable[[str, str], str] = self._find_uid_mapper()
+
+    @property
+    def pixel_steps(self) -> dict[str, PixelStep]:
+        """The built pixel steps by name (the node asks them for readiness checks)."""
+        return dict(self._pixel_steps)
 
     # --- the executor ----------------------------------------------------------------------------
 
@@ -243,23 +255,33 @@ class Pipeline:
 
     # --- assembly ------------------------------------------------------------------------------
 
-    def process_ready(self, now: float | None = None, stop: threading.Event | None = None) -> int:
-        """Process every study that has been stable long enough; returns instances handled."""
+    def process_ready(
+        self,
+        now: float | None = None,
+        stop: threading.Event | None = None,
+        progress: Callable[[], None] | None = None,
+    ) -> int:
+        """Process every study that has been stable long enough; returns instances handled.
+        `progress` is called after each instance (a liveness heartbeat through long studies)."""
         now = time.time() if now is None else now
         cutoff = now - self.cfg.storage.study_stable_seconds
         handled = self.resubmit_due(now) if self.executor is not None else 0
         for skey in self.journal.stable_studies(cutoff):
             if stop is not None and stop.is_set():
                 break
-            result = self.process_study(skey)
+            result = self.process_study(skey, progress)
             handled += result.queued + result.quarantined + result.editing
         return handled
 
-    def process_study(self, study_key: str) -> StudyResult:
+    def process_study(
+        self, study_key: str, progress: Callable[[], None] | None = None
+    ) -> StudyResult:
         with self._lock:
-            return self._process_study(study_key)
+            return self._process_study(study_key, progress)
 
-    def _process_study(self, study_key: str) -> StudyResult:
+    def _process_study(
+        self, study_key: str, progress: Callable[[], None] | None = None
+    ) -> StudyResult:
         result = StudyResult()
         routed: Counter[str] = Counter()
         # The study's outbox copies are committed together, so a forwarder sees the whole study
@@ -270,6 +292,8 @@ class Pipeline:
             route_name = self._process_instance(row, result, staged)
             if route_name is not None:
                 routed[route_name] += 1
+            if progress is not None:
+                progress()
         if staged:
             self.journal.mark_queued_many(staged, study_key)
         for route_name, count in routed.items():
@@ -306,11 +330,12 @@ class Pipeline:
         )
         self.spool.remove(row.spool_path)
         result.quarantined += 1
+        context = {"study_key": row.study_key, "association_id": row.association_id}
         if rejected:
-            self.events.emit(InstanceRejected(route=route, reason=reason))
-        self.events.emit(InstanceQuarantined(route=route, reason=reason))
+            self.events.emit(InstanceRejected(route=route, reason=reason, **context))
+        self.events.emit(InstanceQuarantined(route=route, reason=reason, **context))
         LOG.info(
-            "instance_quarantined",
+            "quarantine_entry_created",
             study_key=row.study_key,
             route=route,
             reason=reason.value,
@@ -362,7 +387,9 @@ class Pipeline:
             return route.name
         if not row.override.get("accept_pixels"):
             started = time.perf_counter()
-            context = self._context(original, route.name, row.study_key)
+            context = self._context(
+                original, route.name, row.study_key, bool(row.override.get("waive_gate"))
+            )
             try:
                 outcome = self._pixel_steps[route.pixels].process(original, deidentified, context)
             except PermanentError as exc:
@@ -411,7 +438,9 @@ class Pipeline:
 
     # --- pixel context --------------------------------------------------------------------------
 
-    def _context(self, original: Dataset, route: str, study_key: str) -> PixelContext:
+    def _context(
+        self, original: Dataset, route: str, study_key: str, waive_gate: bool = False
+    ) -> PixelContext:
         """Seeds keyed on the project key, the original SOP Instance UID and the route (a retry,
         another worker or another site with the same key draws the same noise)."""
         uid = str(original.get("SOPInstanceUID", ""))
@@ -419,7 +448,7 @@ class Pipeline:
         def derive(*parts: str | bytes | int) -> int:
             return derive_seed(self.key, uid, route, *parts)
 
-        return PixelContext(route, study_key, derive(), derive, self.derived_uid)
+        return PixelContext(route, study_key, derive(), derive, self.derived_uid, waive_gate)
 
     def _find_uid_mapper(self) -> Callable[[str, str], str]:
         """The pseudonymizer's `derived_uid` (issue 2's Deidentifier); until it is there, the same
@@ -572,7 +601,9 @@ class Pipeline:
             reason = QuarantineReason.DEIDENTIFICATION_FAILED
             deidentified = self._deidentifiers[route.profile].deidentify(original)
             reason = QuarantineReason.PIXEL_STEP_FAILED
-            context = self._context(original, route.name, row.study_key)
+            context = self._context(
+                original, route.name, row.study_key, bool(row.override.get("waive_gate"))
+            )
             outcome = step.complete(original, deidentified, result, context)
         except PermanentError as exc:
             self._quarantine(row, data, reason, job_row.route, scratch, {"error": _safe_error(exc)})

@@ -1,92 +1,18 @@
-"""The photograph engine with the tiny model, and the stand-in lesion gate's outcomes."""
+"""The photograph engine with the tiny model: models shared, encoders released after every
+editor, batches by route, failures contained, deterministic results."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from deid_core.lesion_stand_in import (
-    ACCEPTED,
-    LESION_IOU_BELOW_THRESHOLD,
-    LESION_MASK_UNRELIABLE,
-    LESION_VANISHED,
-    NO_LESION_FOUND,
-    StandInLesionGate,
-    render_panel,
-)
 from deid_core.models import build_tiny_model
 from gateway.config import parse_config
 from gateway.photo import PhotoEngine
 from gateway.pixel_jobs import PixelJob
-from tests.support.photos import photo_route, skin_image, skin_image_and_mask
-
-
-def _shift(image: np.ndarray, dx: int) -> np.ndarray:
-    return np.roll(image, dx, axis=1)
-
-
-def test_synthesis_free_mask_finds_the_lesion() -> None:
-    gate = StandInLesionGate(0.67)
-    image, truth = skin_image_and_mask(64, 3, lesion=True)
-    [mask] = gate.masks(image[None])
-    iou = (mask & truth).sum() / (mask | truth).sum()
-    assert iou >= 0.9
-
-
-@pytest.mark.parametrize(
-    ("original_lesion", "edited", "outcome"),
-    [
-        (True, lambda im, plain: im, ACCEPTED),
-        (True, lambda im, plain: plain, LESION_VANISHED),
-        (True, lambda im, plain: _shift(im, 12), LESION_IOU_BELOW_THRESHOLD),
-        (False, lambda im, plain: im, NO_LESION_FOUND),
-    ],
-)
-def test_gate_outcomes(original_lesion: bool, edited, outcome: str) -> None:  # type: ignore[no-untyped-def]
-    gate = StandInLesionGate(0.67)
-    image = skin_image(64, 5, lesion=original_lesion)
-    plain = skin_image(64, 5, lesion=False)
-    [decision] = gate.check(image[None], edited(image, plain)[None])
-    assert decision.outcome == outcome
-    assert decision.passed == (outcome in (ACCEPTED, NO_LESION_FOUND))
-    if outcome == ACCEPTED:
-        assert decision.iou == 1.0
-
-
-def test_mask_covering_nearly_everything_is_unreliable() -> None:
-    gate = StandInLesionGate(0.67)
-    mask = np.ones((32, 32), bool)
-    mask[:4] = False
-    assert gate.decide(mask, mask).outcome == LESION_MASK_UNRELIABLE
-
-
-def test_twins_of_original_and_edit_share_one_batch_and_seed() -> None:
-    calls: list[tuple[tuple[int, ...], list[int]]] = []
-
-    def twin(images: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
-        calls.append((images.shape, list(seeds)))
-        return images
-
-    gate = StandInLesionGate(0.67, twin=twin, max_side=32)
-    images = np.stack([skin_image(64, i, True) for i in range(3)])
-    decisions = gate.check(images, images, twin_seeds=[7, 8, 9])
-    assert calls == [((6, 32, 32, 3), [7, 8, 9, 7, 8, 9])]  # downscaled, one call, paired seeds
-    assert all(d.outcome == NO_LESION_FOUND for d in decisions)  # twin == image: no a* drop
-
-
-def test_panel_shows_four_tiles_and_the_outcome() -> None:
-    from io import BytesIO
-
-    from PIL import Image
-
-    gate = StandInLesionGate(0.67)
-    image = skin_image(48, 1, lesion=True)
-    [decision] = gate.check(image[None], skin_image(48, 1, lesion=False)[None])
-    panel = Image.open(BytesIO(render_panel(image, image, decision)))
-    assert panel.size == (4 * 48, 48 + 14)
+from tests.support.photos import photo_route, skin_image
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +21,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_engine_loads_a_model_once_for_several_routes_and_runs_a_batch(tiny_model: Path) -> None:
-    twin_gate = {"method": "twin", "threshold": 0.5, "twin_max_side": 32}
+    twin_gate = {"method": "twin", "threshold": 0.5, "twin_max_side": 64}
     twin_gate["twin_params"] = {"num_steps": 4, "n_max": 2}
     routes = [
         photo_route(tiny_model, ["archive"], name="derm", gate=twin_gate),
@@ -112,7 +38,8 @@ def test_engine_loads_a_model_once_for_several_routes_and_runs_a_batch(tiny_mode
     derm, wounds = engine.routes["derm"], engine.routes["wounds"]
     assert derm.model is wounds.model  # one directory, loaded once
     assert derm.model.text_encoders_released  # after every editor was built
-    assert derm.gate.method == "twin" and wounds.gate.method == "synthesis_free"
+    assert derm.gate.params.method == "twin" and wounds.gate.params.method == "synthesis_free"
+    assert derm.gate.params.twin_long_side == 64 and derm.gate.params.iou_threshold == 0.5
 
     frames = [skin_image(64, i, lesion=i % 2 == 0)[None] for i in range(4)]
     jobs = [
