@@ -1,0 +1,142 @@
+"""Reading and writing DICOM files: tolerant when reading, strict and atomic when writing.
+
+Reading accepts what real archives hold (no preamble, no File Meta Information, odd VRs) but turns
+every way a file can be broken (empty, truncated, random bytes, structure that cannot be parsed)
+into one `InvalidInputError` with a reason in words. Reasons name the problem, never a value read
+from the file.
+
+Writing serialises the whole dataset in memory first, then writes a temporary file in the target
+folder, fsyncs it and renames it into place: a reader never sees a half-written output, and a
+crash leaves at most a hidden temporary file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import struct
+import warnings
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from deid_core.errors import InvalidInputError, RetryableError
+
+#: Smallest possible data set: one element header (tag + VR + length) and no value.
+_MIN_BYTES = 8
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, EOFError | struct.error):
+        return "truncated: the file ends inside a data element"
+    if isinstance(exc, InvalidDicomError):
+        return "not a DICOM file"
+    if isinstance(exc, MemoryError | OverflowError):
+        return "malformed: an element declares an impossible length"
+    return f"malformed: cannot be parsed ({type(exc).__name__})"
+
+
+def parse_dataset(data: bytes) -> Dataset:
+    """Parse DICOM file bytes; raise InvalidInputError with the reason when they are not usable.
+
+    Files without the 128-byte preamble and "DICM" prefix are read with pydicom's force mode (old
+    archives write bare data sets); the result must then still look like a data set (an even
+    group at the start and a SOP Class UID), else it is random bytes."""
+    if len(data) < _MIN_BYTES:
+        raise InvalidInputError("empty or too short to be a DICOM file")
+    standard = data[128:132] == b"DICM"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=not standard)
+            # Touch the top level so structure errors surface here, not later.
+            for _ in ds.keys():
+                pass
+        except InvalidInputError:
+            raise
+        except Exception as exc:
+            raise InvalidInputError(_reason(exc)) from None
+    if not standard:
+        tags = list(ds.keys())
+        if not tags or tags[0] >> 16 not in (0x0002, 0x0008) or 0x00080016 not in ds:
+            raise InvalidInputError("not a DICOM file (no DICM prefix and no SOP Class UID)")
+    return ds
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    """Read a DICOM file; InvalidInputError (with the reason) when it cannot be used."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise InvalidInputError("is a directory") from None
+    except FileNotFoundError:
+        raise InvalidInputError("no such file") from None
+    except PermissionError:
+        raise InvalidInputError("permission denied") from None
+    except OSError as exc:
+        raise RetryableError(f"cannot read file: {exc.strerror}") from None
+    return parse_dataset(data)
+
+
+def encode_dataset(ds: Dataset) -> bytes:
+    """The complete file (preamble, File Meta Information, data set) in memory.
+
+    Strict: the dataset must carry File Meta Information with a Transfer Syntax UID; the data set
+    is written in that syntax."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        raise InvalidInputError("cannot write: no File Meta Information / Transfer Syntax UID")
+    buffer = io.BytesIO()
+    ds.preamble = b"\x00" * 128
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        except Exception as exc:
+            raise InvalidInputError(f"cannot encode the output ({type(exc).__name__})") from None
+    return buffer.getvalue()
+
+
+def write_atomic(data: bytes, path: str | Path, *, fsync: bool = True) -> None:
+    """Write bytes to `path` atomically: temporary file, fsync, rename, then fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RetryableError(f"cannot write output file: {exc.strerror}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_dataset(ds: Dataset, path: str | Path, *, fsync: bool = True) -> int:
+    """Encode and atomically write a dataset; returns the number of bytes written."""
+    data = encode_dataset(ds)
+    write_atomic(data, path, fsync=fsync)
+    return len(data)
+
+
+__all__ = ["encode_dataset", "parse_dataset", "read_dataset", "write_atomic", "write_dataset"]
