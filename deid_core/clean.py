@@ -47,6 +47,7 @@ mammography mammo tomosynthesis dbt cc mlo ml xccl spot mag magnification implan
 ultrasound doppler color colour power elastography shear wave mode
 brain spine spinal cord orbit orbits sinuses iac cervical kidney kidneys renal adrenal aorta
 aortic carotid coronary pulmonary thyroid pituitary vessels vascular abdominal pelvic cardiac
+coerce correct corrected
 thorax thoracic lumbar sacral extremities joints soft tissues whole body wb chest abdomen pelvis
 """.split()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import struct
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from enum import IntEnum
 from typing import Any
 
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID_dictionary
 
 from deid_core import iod
@@ -105,10 +108,24 @@ _STRING_VRS = frozenset(
 )
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _FREE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+#: Values a day shift leaves unchanged, kept only when they are exactly that (no text).
+_TEMPORAL_KEPT = {
+    "TM": re.compile(r"^(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?(\\(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)*$"),
+    "SH": re.compile(r"^[+-]\d{4}$"),
+}
+_NEVER = re.compile(r"(?!)")
 _VALID_AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{0,16}$")
-_VALID_CS = re.compile(r"^[A-Z0-9 _]{0,16}$")
 
 
+#: Coding schemes published by standards bodies (PS3.16 Table 8-1): their codes and meanings are
+#: fixed by the scheme, so they survive cleaning. Local schemes ("99...") do not.
+KNOWN_CODING_SCHEMES = frozenset(
+    {
+        "DCM", "SCT", "SRT", "SNM3", "LN", "I10", "I10P", "I9", "I9C", "ICD10", "ICDO3", "UCUM",
+        "RADLEX", "NCIt", "MSH", "UMLS", "FMA", "NEU", "MDC", "ACR", "HL7", "RXNORM", "NDC",
+        "CPT4", "C4", "C5", "ATC", "NCDR", "BARI", "CAS", "PUBCHEM_CID", "UBERON", "UMLS",
+    }
+)
 _MODE_CATEGORIES = frozenset({Category.KEEP, Category.CODE, Category.TEXT})
 
 
@@ -178,6 +195,37 @@ def record_method(ds: Dataset, option: ProfileOption | None, note: str | None = 
         ds.RecognizableVisualFeatures = "NO"
 
 
+_NUMBER_FORMATS = {
+    "US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q",
+    "AT": "I",
+}
+
+
+def _encode_value(vr: str, value: Any, little: bool) -> bytes | None:
+    """Bytes of a value this module writes, or None when pydicom's encoder must do it (text
+    outside ASCII, which depends on the Specific Character Set)."""
+    if value is None or value == "" or value == b"":
+        return b""
+    if isinstance(value, str):
+        if vr not in _STRING_VRS or not value.isascii():
+            return None
+        data = value.encode("ascii")
+        if len(data) % 2:
+            data += b"\x00" if vr == "UI" else b" "
+        return data
+    if isinstance(value, bytes):
+        if vr not in _BINARY_VRS:
+            return None
+        return value + b"\x00" if len(value) % 2 else value
+    if isinstance(value, int | float) and vr in _NUMBER_FORMATS:
+        if vr == "AT":
+            value = int(value)
+            fmt = ("<" if little else ">") + "HH"
+            return struct.pack(fmt, value >> 16, value & 0xFFFF)
+        return struct.pack(("<" if little else ">") + _NUMBER_FORMATS[vr], value)
+    return None
+
+
 def _vr_of(rule: Rule, elem: DataElement | RawDataElement) -> str:
     """The VR to write: the dictionary's, or the file's when the dictionary gives a choice."""
     vr = rule.vr
@@ -208,6 +256,7 @@ class _Run:
         self.types = iod.iod_types(sop_class)
         pid_elem = src.get_item(_PATIENT_ID) if _PATIENT_ID in src else None
         self.patient_id = self._text(src, pid_elem) if pid_elem is not None else ""
+        self.encoding = _encoding(src)
         self.shift: int | None = None
         if deid.profile.has(ProfileOption.RETAIN_LONGITUDINAL_MODIFIED_DATES):
             self.shift = self.pseudo.date_shift_days(self.patient_id)
@@ -244,6 +293,18 @@ class _Run:
             return "\\".join(str(v) for v in value)
         return str(value)
 
+    # --- writing values -------------------------------------------------------------------
+
+    def _make(self, tag: int, vr: str, value: Any) -> DataElement | RawDataElement:
+        """A new element, already encoded in the dataset's own encoding when that is known (a
+        raw element costs a fraction of a DataElement to build and to write)."""
+        implicit, little = self.encoding
+        if implicit is not None:
+            data = _encode_value(vr, value, bool(little))
+            if data is not None:
+                return RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, little)
+        return DataElement(tag, vr, value)
+
     # --- explain ----------------------------------------------------------------------------
 
     def _note(self, path: str, tag: int, action: str, rule: str, reason: str) -> None:
@@ -265,14 +326,15 @@ class _Run:
             out._pixel_rep = src._pixel_rep
         profile = self.profile
         privates: list[tuple[int, DataElement | RawDataElement]] = []
-        for tag, elem in src._dict.items():
+        for key, elem in src._dict.items():
+            tag = int(key)  # plain int: BaseTag compares in Python, int in C
             if (tag >> 16) & 1:
                 privates.append((tag, elem))
                 continue
             rule = profile.rule(tag)
             code = rule.code
             if mode is not Mode.NORMAL and rule.category in _MODE_CATEGORIES:
-                code = self._mode_code(rule, elem, mode)
+                code = self._mode_code(src, rule, elem, mode)
             if "/" in code:
                 attr_type = iod.attribute_type(tag, self.types if depth == 0 else None)
                 action = resolve(code, attr_type)
@@ -294,9 +356,9 @@ class _Run:
                     )
                 continue
             if isinstance(new, RawDataElement):
-                out._dict[tag] = new  # type: ignore[index]
+                out._dict[key] = new
             else:
-                out[tag] = new
+                out[key] = new
         if privates:
             self._privates(src, out, privates, depth, path)
         return out
@@ -320,14 +382,20 @@ class _Run:
             reason += "; keyed pseudonymous patient name"
         return reason
 
-    def _mode_code(self, rule: Rule, elem: DataElement | RawDataElement, mode: Mode) -> str:
+    def _mode_code(
+        self, src: Dataset, rule: Rule, elem: DataElement | RawDataElement, mode: Mode
+    ) -> str:
         """Inside a cleaned (C) or dummied (D) sequence, what happens to values the table does
-        not list: text is cleaned or dummied; codes survive cleaning but not dummying."""
+        not list: text is cleaned or dummied; codes survive cleaning only when they come from a
+        published coding scheme (a local scheme's codes and meanings can be anything)."""
         vr = _vr_of(rule, elem)
         if vr == "SQ":
             return "K"
         if rule.category == Category.CODE:
-            return "D" if mode is Mode.DUMMY else "K"
+            if mode is Mode.DUMMY:
+                return "D"
+            scheme = src.get_item(0x00080102) if 0x00080102 in src else None
+            return "K" if self._text(src, scheme).strip() in KNOWN_CODING_SCHEMES else "D"
         if rule.category == Category.TEXT:
             return "C" if mode is Mode.CLEAN else rule.code
         if vr in _FREE_TEXT_VRS:
@@ -349,18 +417,18 @@ class _Run:
         if vr == "SQ" or elem.VR == "SQ":
             return self._sequence(src, tag, elem, action, depth, mode, path)
         if tag == _PATIENT_ID and action in (Action.ZERO, Action.DUMMY):
-            return DataElement(tag, "LO", self.pseudo.patient_id(self.patient_id))
+            return self._make(tag, "LO", self.pseudo.patient_id(self.patient_id))
         if tag == _PATIENT_NAME and action in (Action.ZERO, Action.DUMMY):
             name = self._text(src, elem)
-            return DataElement(tag, "PN", self.pseudo.patient_name(self.patient_id, name))
+            return self._make(tag, "PN", self.pseudo.patient_name(self.patient_id, name))
         if action is Action.KEEP:
             return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
         if action is Action.ZERO:
-            return DataElement(tag, vr, self._empty(vr))
+            return self._make(tag, vr, self._empty(vr))
         if action is Action.DUMMY:
-            return DataElement(tag, vr, self._dummy(src, tag, elem, vr))
+            return self._make(tag, vr, self._dummy(src, tag, elem, vr))
         if action is Action.UID:
-            return DataElement(tag, vr, self._uids(self._text(src, elem)))
+            return self._make(tag, vr, self._uids(self._text(src, elem)))
         return self._clean(src, tag, elem, vr, rule, depth)
 
     @staticmethod
@@ -400,44 +468,52 @@ class _Run:
     ) -> DataElement | RawDataElement | None:
         """The C action, by VR (see the module docstring of deid_core.clean for text)."""
         if rule.option is ProfileOption.RETAIN_LONGITUDINAL_MODIFIED_DATES or vr in ("DA", "DT"):
+            if vr in _BINARY_VRS:  # binary timestamps: no day shift can be applied
+                return self._make(tag, vr, bytes(len(self._raw_bytes(src, elem))))
+            text = self._text(src, elem)
             if vr in ("DA", "DT"):
-                text = self._text(src, elem)
                 shifted = shift_values(text, vr, self.shift) if self.shift is not None else None
                 if shifted is not None:
-                    return DataElement(tag, vr, shifted)
-                # Unreadable date or no shift in this profile: fall back to the basic action.
-                row = load_table().lookup(tag)
-                code = row.basic if row else "X/Z/D"
-                fallback = resolve(code, iod.attribute_type(tag, self.types if depth == 0 else None))
-                if fallback is Action.REMOVE:
-                    return None
-                if fallback is Action.ZERO:
-                    return DataElement(tag, vr, "")
-                return DataElement(tag, vr, _DUMMY[vr])
-            if vr in _BINARY_VRS:  # binary timestamps: no day shift can be applied
-                return DataElement(tag, vr, bytes(len(self._raw_bytes(src, elem))))
-            # Times of day and UTC offsets: a shift by whole days leaves them as they are.
-            return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
-        if vr in _BINARY_VRS:  # overlay/curve data, maker notes: zeroed, size kept
-            return DataElement(tag, vr, bytes(len(self._raw_bytes(src, elem))))
-        if vr == "UI":
-            return DataElement(tag, vr, self._uids(self._text(src, elem)))
-        if vr == "PN":
-            return DataElement(tag, vr, _DUMMY["PN"])
-        if vr in ("AE", "CS"):
-            # AE titles under Retain Device Identity and coded strings: kept when every value is
-            # a valid value of the VR (at most 16 characters, no room for free text).
-            text = self._text(src, elem)
-            pattern = _VALID_AE if vr == "AE" else _VALID_CS
-            if all(pattern.match(v) for v in text.split("\\")):
+                    return self._make(tag, vr, shifted)
+            elif _TEMPORAL_KEPT.get(vr, _NEVER).match(text):
+                # Times of day and UTC offsets: a shift by whole days leaves them as they are.
                 return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
-            return DataElement(tag, vr, _DUMMY[vr])
+            # Not a valid value of its kind, or no shift in this profile: the basic action.
+            row = load_table().lookup(tag)
+            code = row.basic if row else "X/Z/D"
+            fallback = resolve(code, iod.attribute_type(tag, self.types if depth == 0 else None))
+            if fallback is Action.REMOVE:
+                return None
+            if fallback is Action.ZERO:
+                return self._make(tag, vr, "")
+            if vr == "SH":
+                return self._make(tag, vr, "+0000")
+            return self._make(tag, vr, _DUMMY.get(vr, ""))
+        if vr in _BINARY_VRS:  # overlay/curve data, maker notes: zeroed, size kept
+            return self._make(tag, vr, bytes(len(self._raw_bytes(src, elem))))
+        if vr == "UI":
+            return self._make(tag, vr, self._uids(self._text(src, elem)))
+        if vr == "PN":
+            return self._make(tag, vr, _DUMMY["PN"])
+        if vr == "AE":
+            # Under Retain Device Identity: an AE title names a device, and is kept when it is a
+            # valid AE title (at most 16 characters: no room for free text).
+            text = self._text(src, elem)
+            if all(_VALID_AE.match(v) for v in text.split("\\")):
+                return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+            return self._make(tag, vr, _DUMMY[vr])
+        if vr == "CS":
+            # A coded string is kept when each of its words is known vocabulary.
+            text = self._text(src, elem)
+            if all(clean_text(v) == v.strip() for v in text.split("\\")):
+                return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+            return self._make(tag, vr, _DUMMY[vr])
         if vr in _FREE_TEXT_VRS:
             values = [clean_text(v) for v in self._text(src, elem).split("\\")]
-            return DataElement(tag, vr, "\\".join(values) if vr not in ("LT", "ST", "UT")
+            return self._make(tag, vr, "\\".join(values) if vr not in ("LT", "ST", "UT")
                                else " ".join(v for v in values if v))
         if vr == "UR":
-            return DataElement(tag, vr, "")
+            return self._make(tag, vr, "")
         # Numbers, ages, attribute tags: carry no identity.
         return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
 
@@ -466,6 +542,11 @@ class _Run:
             child = Mode.DUMMY
         elif action is Action.CLEAN and mode is Mode.NORMAL:
             child = Mode.CLEAN
+        if isinstance(elem, RawDataElement) and elem.VR in (None, "UN"):
+            # A sequence the reader could not recognise (implicit VR and a tag newer than
+            # pydicom's dictionary, or encoded as UN): its items are implicit VR (PS3.5 6.2.2).
+            little = True if elem.VR == "UN" else elem.is_little_endian
+            elem = elem._replace(VR="SQ", is_implicit_VR=True, is_little_endian=little)
         value = self._value(src, elem)
         if value is None or isinstance(value, bytes | str):
             raise InvalidInputError(f"sequence {_tag_text(tag)} cannot be parsed")
@@ -576,6 +657,11 @@ class Deidentifier:
     def _check(ds: Dataset) -> None:
         if not isinstance(ds, Dataset):
             raise InvalidInputError("not a DICOM dataset")
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR:
+            raise InvalidInputError(
+                "a DICOMDIR is a media index, not an instance: de-identify the files it lists"
+            )
         for tag, what in ((_SOP_CLASS, "SOP Class UID"), (_SOP_INSTANCE, "SOP Instance UID")):
             elem = ds.get_item(tag) if tag in ds else None
             value = elem.value if elem is not None else None
@@ -585,11 +671,6 @@ class Deidentifier:
                 raise InvalidInputError(
                     f"no {what} {_tag_text(tag)}: not a storable DICOM instance"
                 )
-        meta = getattr(ds, "file_meta", None)
-        if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR:
-            raise InvalidInputError(
-                "a DICOMDIR is a media index, not an instance: de-identify the files it lists"
-            )
 
     def deidentify(self, ds: Dataset) -> Dataset:
         """A de-identified copy of `ds` with consistent File Meta Information.
@@ -650,34 +731,52 @@ class Deidentifier:
 
     def _finish(self, out: Dataset, run: _Run) -> None:
         options = self.profile.options
-        out.PatientIdentityRemoved = "YES"
-        out.DeidentificationMethod = [
+        recorded = _recorded(options)
+
+        def put(ds: Dataset, keyword: str, vr: str, value: Any) -> None:
+            tag = tag_for_keyword(keyword)
+            assert tag is not None
+            new = run._make(tag, vr, value)
+            if isinstance(new, RawDataElement):
+                ds._dict[BaseTag(tag)] = new  # type: ignore[index]
+            else:
+                ds[tag] = new
+
+        put(out, "PatientIdentityRemoved", "CS", "YES")
+        methods = [
             f"PS3.15 {load_table().edition} Basic Application Confidentiality Profile",
-            *(OPTION_CODES[o][1] for o in _recorded(options)),
+            *(OPTION_CODES[o][1] for o in recorded),
             "deid-gateway keyed pseudonyms, key " + self.pseudonymizer.key_fingerprint,
         ]
+        put(out, "DeidentificationMethod", "LO", "\\".join(methods))
         items = []
-        for code, meaning in (BASIC_PROFILE_CODE, *(OPTION_CODES[o] for o in _recorded(options))):
+        for code, meaning in (BASIC_PROFILE_CODE, *(OPTION_CODES[o] for o in recorded)):
             item = Dataset()
-            item.CodeValue = code
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
+            put(item, "CodeValue", "SH", code)
+            put(item, "CodingSchemeDesignator", "SH", "DCM")
+            put(item, "CodeMeaning", "LO", meaning)
             items.append(item)
-        out.DeidentificationMethodCodeSequence = Sequence(items)
+        out[0x00120064] = DataElement(0x00120064, "SQ", Sequence(items))
         if ProfileOption.RETAIN_LONGITUDINAL_FULL_DATES in options:
-            out.LongitudinalTemporalInformationModified = "UNMODIFIED"
+            longitudinal = "UNMODIFIED"
         elif ProfileOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
-            out.LongitudinalTemporalInformationModified = "MODIFIED"
+            longitudinal = "MODIFIED"
         else:
-            out.LongitudinalTemporalInformationModified = "REMOVED"
+            longitudinal = "REMOVED"
+        put(out, "LongitudinalTemporalInformationModified", "CS", longitudinal)
         trial = self.trial
         if trial is not None:
-            out.ClinicalTrialSponsorName = trial.sponsor_name
-            out.ClinicalTrialProtocolID = trial.protocol_id
-            out.ClinicalTrialProtocolName = trial.protocol_name or ""
-            out.ClinicalTrialSiteID = trial.site_id or ""
-            out.ClinicalTrialSiteName = trial.site_name or ""
-            out.ClinicalTrialSubjectID = self.pseudonymizer.patient_id(run.patient_id)
+            put(out, "ClinicalTrialSponsorName", "LO", trial.sponsor_name)
+            put(out, "ClinicalTrialProtocolID", "LO", trial.protocol_id)
+            put(out, "ClinicalTrialProtocolName", "LO", trial.protocol_name or "")
+            put(out, "ClinicalTrialSiteID", "LO", trial.site_id or "")
+            put(out, "ClinicalTrialSiteName", "LO", trial.site_name or "")
+            put(
+                out,
+                "ClinicalTrialSubjectID",
+                "LO",
+                self.pseudonymizer.patient_id(run.patient_id),
+            )
 
     @staticmethod
     def _file_meta(src: Dataset, out: Dataset) -> FileMetaDataset:

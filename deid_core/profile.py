@@ -16,7 +16,8 @@ anyone) follow this policy, safe by default:
   under Modified Dates);
 - UIDs: replaced by their keyed pseudonym, unless they are class/transfer-syntax/coding UIDs or a
   registered DICOM UID;
-- codes (Code Value, Coding Scheme Designator, Code Meaning ...), coded strings, numbers, binary data
+- codes (Code Value, Coding Scheme Designator, Code Meaning ...; not the free-text VRs LT, ST, UT,
+  UC even where they describe a coding scheme), coded strings, numbers, binary data
   and other short descriptive strings (Manufacturer, Modality, Body Part Examined ...): kept;
 - overlay groups (60xx) follow their Overlay Data row, curves (50xx) their table row.
 
@@ -71,7 +72,6 @@ CODE_KEYWORDS = frozenset(
         "CodingSchemeDesignator",
         "CodingSchemeVersion",
         "CodeMeaning",
-        "LongCodeValue",
         "URNCodeValue",
         "ContextIdentifier",
         "ContextUID",
@@ -79,14 +79,7 @@ CODE_KEYWORDS = frozenset(
         "MappingResourceUID",
         "MappingResourceName",
         "ContextGroupExtensionFlag",
-        "CodingSchemeURL",
-        "CodingSchemeURLType",
-        "CodingSchemeName",
-        "CodingSchemeRegistry",
-        "CodingSchemeExternalID",
-        "CodingSchemeResponsibleOrganization",
         "CodingSchemeUID",
-        "EquivalentCodeSequence",
     }
 )
 #: LO/SH attributes outside the table that can hold free text about a person.
