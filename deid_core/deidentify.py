@@ -92,7 +92,7 @@ _DUMMY: dict[str, Any] = {
     "OD": b"\x00" * 8,
     "OL": b"\x00" * 8,
     "OV": b"\x00" * 8,
-    "UN": b"",
+    "UN": b"\x00" * 8,
 }
 #: Dummies for the attributes of a coded entry in dummy mode: a valid code that says nothing.
 _DUMMY_CODE = {
@@ -126,6 +126,7 @@ KNOWN_CODING_SCHEMES = frozenset(
         "CPT4", "C4", "C5", "ATC", "NCDR", "BARI", "CAS", "PUBCHEM_CID", "UBERON", "UMLS",
     }
 )
+_ACTIONS = {a.value: a for a in Action}
 _MODE_CATEGORIES = frozenset({Category.KEEP, Category.CODE, Category.TEXT})
 
 
@@ -224,6 +225,12 @@ def _encode_value(vr: str, value: Any, little: bool) -> bytes | None:
             return struct.pack(fmt, value >> 16, value & 0xFFFF)
         return struct.pack(("<" if little else ">") + _NUMBER_FORMATS[vr], value)
     return None
+
+
+def _keep(elem: DataElement | RawDataElement) -> DataElement | RawDataElement:
+    """A kept element for the output: raw ones are immutable and shared, decoded ones copied so
+    that changing the output never changes the input."""
+    return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
 
 
 def _vr_of(rule: Rule, elem: DataElement | RawDataElement) -> str:
@@ -325,13 +332,25 @@ class _Run:
         if hasattr(src, "_pixel_rep"):
             out._pixel_rep = src._pixel_rep
         profile = self.profile
+        rules = profile._cache
+        out_dict = out._dict
+        tracing = self.trace is not None
+        fast = mode is Mode.NORMAL and not tracing
         privates: list[tuple[int, DataElement | RawDataElement]] = []
         for key, elem in src._dict.items():
             tag = int(key)  # plain int: BaseTag compares in Python, int in C
             if (tag >> 16) & 1:
                 privates.append((tag, elem))
                 continue
-            rule = profile.rule(tag)
+            rule = rules.get(tag) or profile.rule(tag)
+            if fast:
+                # Most elements are settled by the rule alone: drop, or carry the raw bytes over.
+                if rule.action is Action.REMOVE:
+                    continue
+                if rule.action is Action.KEEP and rule.vr != "SQ" and type(elem) is RawDataElement:
+                    if elem.VR != "SQ":
+                        out_dict[key] = elem
+                        continue
             code = rule.code
             if mode is not Mode.NORMAL and rule.category in _MODE_CATEGORIES:
                 code = self._mode_code(src, rule, elem, mode)
@@ -339,11 +358,13 @@ class _Run:
                 attr_type = iod.attribute_type(tag, self.types if depth == 0 else None)
                 action = resolve(code, attr_type)
             else:
-                action = Action(code)
+                action = _ACTIONS[code]
             slot = -1
-            if self.trace is not None:
+            if tracing:
+                assert self.trace is not None
                 slot = len(self.trace)
-                self._note(path, tag, action.value, code, self._why(rule, code, action, depth, tag, mode))
+                why = self._why(rule, code, action, depth, tag, mode)
+                self._note(path, tag, action.value, code, why)
             if action is Action.REMOVE:
                 continue
             vr = _vr_of(rule, elem)
@@ -355,10 +376,7 @@ class _Run:
                         d.path, d.tag, d.keyword, "X", d.rule, d.reason + "; unreadable: removed"
                     )
                 continue
-            if isinstance(new, RawDataElement):
-                out._dict[key] = new
-            else:
-                out[key] = new
+            out_dict[key] = new
         if privates:
             self._privates(src, out, privates, depth, path)
         return out
@@ -422,7 +440,7 @@ class _Run:
             name = self._text(src, elem)
             return self._make(tag, "PN", self.pseudo.patient_name(self.patient_id, name))
         if action is Action.KEEP:
-            return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+            return _keep(elem)
         if action is Action.ZERO:
             return self._make(tag, vr, self._empty(vr))
         if action is Action.DUMMY:
@@ -477,7 +495,7 @@ class _Run:
                     return self._make(tag, vr, shifted)
             elif _TEMPORAL_KEPT.get(vr, _NEVER).match(text):
                 # Times of day and UTC offsets: a shift by whole days leaves them as they are.
-                return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+                return _keep(elem)
             # Not a valid value of its kind, or no shift in this profile: the basic action.
             row = load_table().lookup(tag)
             code = row.basic if row else "X/Z/D"
@@ -500,13 +518,13 @@ class _Run:
             # valid AE title (at most 16 characters: no room for free text).
             text = self._text(src, elem)
             if all(_VALID_AE.match(v) for v in text.split("\\")):
-                return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+                return _keep(elem)
             return self._make(tag, vr, _DUMMY[vr])
         if vr == "CS":
             # A coded string is kept when each of its words is known vocabulary.
             text = self._text(src, elem)
             if all(clean_text(v) == v.strip() for v in text.split("\\")):
-                return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+                return _keep(elem)
             return self._make(tag, vr, _DUMMY[vr])
         if vr in _FREE_TEXT_VRS:
             values = [clean_text(v) for v in self._text(src, elem).split("\\")]
@@ -515,7 +533,7 @@ class _Run:
         if vr == "UR":
             return self._make(tag, vr, "")
         # Numbers, ages, attribute tags: carry no identity.
-        return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+        return _keep(elem)
 
     def _raw_bytes(self, src: Dataset, elem: DataElement | RawDataElement) -> bytes:
         value = elem.value if isinstance(elem, RawDataElement) else self._value(src, elem)
@@ -593,16 +611,16 @@ class _Run:
             kept_blocks.add((group, block))
             if elem.VR == "SQ":
                 new = self._sequence(src, tag, elem, Action.KEEP, depth, Mode.NORMAL, path)
-                out[tag] = new
+                out[BaseTag(tag)] = new
             else:
-                out._dict[tag] = elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)  # type: ignore[index]
+                out._dict[BaseTag(tag)] = _keep(elem)
             note = f"; {safe.note}" if safe.note else ""
             decisions[tag] = ("K", f"safe private element of {safe.creator!r}{note}")
         for tag, elem in privates:
             group, element = tag >> 16, tag & 0xFFFF
             if 0x10 <= element <= 0xFF:
                 if (group, element) in kept_blocks:
-                    out._dict[tag] = elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)  # type: ignore[index]
+                    out._dict[BaseTag(tag)] = _keep(elem)
                     decisions[tag] = ("K", "private creator of a kept block")
                 else:
                     decisions[tag] = ("X", "private creator of a removed block")

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 from pydicom.datadict import DicomDictionary, RepeatersDictionary
 
+from deid_core.actions import Action
 from deid_core.options import MUTUALLY_EXCLUSIVE, TABLE_COLUMNS, ProfileOption
 from deid_core.private import DEFAULT_SAFE_PRIVATE, SafePrivateElement
 from deid_core.standard import Ps315Table, TableRow, load_table
@@ -59,7 +60,11 @@ class Rule(NamedTuple):
     reason: str
     #: The option whose column set `code` (None for the basic profile and the policy).
     option: ProfileOption | None = None
+    #: The action when it does not depend on the IOD (no combination), else None.
+    action: Action | None = None
 
+
+_SIMPLE = {a.value: a for a in Action}
 
 #: Table options in the order their columns appear; later ones never silently override K.
 _TABLE_OPTIONS = tuple(o for o in ProfileOption if o in TABLE_COLUMNS)
@@ -205,6 +210,7 @@ class ConfidentialityProfile:
         rule = self._cache.get(tag)
         if rule is None:
             rule = self._compute(tag)
+            rule = rule._replace(action=_SIMPLE.get(rule.code))
             self._cache[tag] = rule
         return rule
 

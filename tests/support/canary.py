@@ -78,6 +78,8 @@ class PlantedFile:
     needles: list[bytes] = field(default_factory=list)
     #: Needles that are dates or times (retained or shifted under the date options).
     temporal: list[bytes] = field(default_factory=list)
+    #: Every text canary planted (each starts with CANARY_PREFIX), for counting leaks.
+    texts: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -95,11 +97,13 @@ class _Planter:
         self.counter = 0
         self.needles: list[bytes] = []
         self.temporal: list[bytes] = []
+        self.texts: list[bytes] = []
 
     def text(self, max_len: int = 16) -> str:
         self.counter += 1
         value = f"{CANARY_PREFIX}{self.counter:05d}{self.rng.getrandbits(16):04X}"
-        return value[:max_len]
+        self.texts.append(value.encode())
+        return value
 
     def _unique(self, make: object, temporal: bool = False) -> str:
         while True:
@@ -270,8 +274,10 @@ def plant_dataset(ds: Dataset, planter: _Planter, index: int, charset: bool) -> 
     _plant_private(ds, planter, big=index % 4 == 0)
 
 
-def build_corpus(dest: Path, copies: int = 1, seed: int = 1234, charset: bool = True) -> Corpus:
-    """Write the planted corpus into `dest` (copies x base files); returns what was planted."""
+def build_corpus(
+    dest: Path, copies: int = 1, seed: int = 1234, charset: bool = True, limit: int | None = None
+) -> Corpus:
+    """Write the planted corpus into `dest` (copies x base files, at most `limit` files)."""
     rng = random.Random(seed)
     dest.mkdir(parents=True, exist_ok=True)
     sources = [(name, get_testdata_file(name), False) for name in BASE_FILES]
@@ -284,6 +290,8 @@ def build_corpus(dest: Path, copies: int = 1, seed: int = 1234, charset: bool = 
         previous: PlantedFile | None = None
         for index, (name, source, is_charset) in enumerate(sources):
             assert source is not None, name
+            if limit is not None and len(files) >= limit:
+                break
             original = Path(source).read_bytes()
             ds = pydicom.dcmread(source)
             planter = _Planter(random.Random(rng.getrandbits(64)), original)
@@ -329,6 +337,7 @@ def build_corpus(dest: Path, copies: int = 1, seed: int = 1234, charset: bool = 
                 refers_to=refers_to,
                 needles=planter.needles,
                 temporal=planter.temporal,
+                texts=planter.texts,
             )
             if is_charset and keep_name_bytes(original):
                 planted.needles.extend(keep_name_bytes(original))
