@@ -1,7 +1,8 @@
 """The action codes of PS3.15 Table E.1-1a and how a combination is settled.
 
 A combination such as X/Z/D means: remove, unless the attribute's Type in the instance's IOD needs
-it present (Type 2 -> zero length, Type 1 -> dummy). The Type comes from `deid_core.iod`; when it is
+it present (Type 2 -> zero length, Type 1 -> dummy). X/Z/U* keeps a needed reference sequence
+with its UIDs replaced (Type 1 and 2; see `resolve`). The Type comes from `deid_core.iod`; when it is
 not known the most demanding Type the attribute has in any IOD we know is used, so the output keeps
 its conformance (every outcome is equally free of identity: X, Z, D and U all drop the value).
 """
@@ -50,8 +51,11 @@ def resolve(code: str, attr_type: int | None) -> Action:
         return Action.DUMMY if t == 1 else Action.ZERO
     if code == "X/Z/D":
         return {1: Action.DUMMY, 2: Action.ZERO, 3: Action.REMOVE}[t]
-    # X/Z/U*: a sequence of references; Type 1 keeps it with the UIDs inside replaced.
-    return {1: Action.UID, 2: Action.ZERO, 3: Action.REMOVE}[t]
+    # X/Z/U*: a sequence of references. Where the IOD needs it (Type 1, and Type 2 too) it is
+    # kept with the UIDs inside replaced by their pseudonyms: an empty Type 2 sequence would also
+    # conform, but would leave other references dangling (e.g. a segmentation's Referenced Series
+    # Sequence listing instances no Source Image Sequence names), and keyed UIDs reveal nothing.
+    return Action.REMOVE if t == 3 else Action.UID
 
 
 __all__ = ["TABLE_CODES", "Action", "resolve"]

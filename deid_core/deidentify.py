@@ -102,6 +102,7 @@ _DUMMY_CODE = {
     "LongCodeValue": "DEID",
     "URNCodeValue": "urn:deid-gateway:removed",
 }
+_DUMMY_CODE_TAGS = {int(tag_for_keyword(k)): v for k, v in _DUMMY_CODE.items()}  # type: ignore[arg-type]
 _STRING_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}
     | {"UR", "UT"}
@@ -128,6 +129,7 @@ KNOWN_CODING_SCHEMES = frozenset(
 )
 _ACTIONS = {a.value: a for a in Action}
 _MODE_CATEGORIES = frozenset({Category.KEEP, Category.CODE, Category.TEXT})
+# (codes are settled by context in every mode; see _Run._mode_code)
 
 
 class Mode(IntEnum):
@@ -352,7 +354,9 @@ class _Run:
                         out_dict[key] = elem
                         continue
             code = rule.code
-            if mode is not Mode.NORMAL and rule.category in _MODE_CATEGORIES:
+            if rule.category == Category.CODE or (
+                mode is not Mode.NORMAL and rule.category in _MODE_CATEGORIES
+            ):
                 code = self._mode_code(src, rule, elem, mode)
             if "/" in code:
                 attr_type = iod.attribute_type(tag, self.types if depth == 0 else None)
@@ -403,13 +407,16 @@ class _Run:
     def _mode_code(
         self, src: Dataset, rule: Rule, elem: DataElement | RawDataElement, mode: Mode
     ) -> str:
-        """Inside a cleaned (C) or dummied (D) sequence, what happens to values the table does
-        not list: text is cleaned or dummied; codes survive cleaning only when they come from a
-        published coding scheme (a local scheme's codes and meanings can be anything)."""
+        """Values the table does not list, by context. Codes survive only when they come from a
+        published coding scheme (a local scheme's codes and meanings can be anything), and never
+        inside a dummied (D) sequence. Inside a cleaned (C) sequence text is cleaned, inside a
+        dummied one it is replaced."""
         vr = _vr_of(rule, elem)
         if vr == "SQ":
             return "K"
         if rule.category == Category.CODE:
+            if vr in ("CS", "UI"):
+                return "K"  # enumerated flags and terminology UIDs: structure, not content
             if mode is Mode.DUMMY:
                 return "D"
             scheme = src.get_item(0x00080102) if 0x00080102 in src else None
@@ -461,11 +468,9 @@ class _Run:
         if vr == "UI":
             original = self._text(src, elem)
             return self._uids(original) if original else self.pseudo.uid(f"dummy:{tag:08X}")
-        keyword = keyword_of(tag)
-        if keyword in _DUMMY_CODE:
-            return _DUMMY_CODE[keyword]
-        if vr == "SH" and keyword == "CodeValue":
-            return "DEID"
+        code = _DUMMY_CODE_TAGS.get(tag)
+        if code is not None:
+            return code
         return _DUMMY.get(vr, b"")
 
     def _uids(self, text: str) -> str:
@@ -497,16 +502,7 @@ class _Run:
                 # Times of day and UTC offsets: a shift by whole days leaves them as they are.
                 return _keep(elem)
             # Not a valid value of its kind, or no shift in this profile: the basic action.
-            row = load_table().lookup(tag)
-            code = row.basic if row else "X/Z/D"
-            fallback = resolve(code, iod.attribute_type(tag, self.types if depth == 0 else None))
-            if fallback is Action.REMOVE:
-                return None
-            if fallback is Action.ZERO:
-                return self._make(tag, vr, "")
-            if vr == "SH":
-                return self._make(tag, vr, "+0000")
-            return self._make(tag, vr, _DUMMY.get(vr, ""))
+            return self._basic(tag, vr, depth, "+0000" if vr == "SH" else None)
         if vr in _BINARY_VRS:  # overlay/curve data, maker notes: zeroed, size kept
             return self._make(tag, vr, bytes(len(self._raw_bytes(src, elem))))
         if vr == "UI":
@@ -521,19 +517,42 @@ class _Run:
                 return _keep(elem)
             return self._make(tag, vr, _DUMMY[vr])
         if vr == "CS":
-            # A coded string is kept when each of its words is known vocabulary.
+            # A coded string is kept when each of its words is known vocabulary (and in overlay
+            # and curve groups, whose coded strings are enumerated types such as "G" or "R").
             text = self._text(src, elem)
-            if all(clean_text(v) == v.strip() for v in text.split("\\")):
+            if 0x5000 <= tag >> 16 <= 0x60FF or all(
+                clean_text(v) == v.strip() for v in text.split("\\")
+            ):
                 return _keep(elem)
-            return self._make(tag, vr, _DUMMY[vr])
+            return self._basic(tag, vr, depth)
         if vr in _FREE_TEXT_VRS:
             values = [clean_text(v) for v in self._text(src, elem).split("\\")]
+            if not any(values):
+                # Nothing survives cleaning: do what the basic profile does (keeps a Type 1
+                # attribute present with a dummy, empties a Type 2 one, removes the rest).
+                return self._basic(tag, vr, depth)
             return self._make(tag, vr, "\\".join(values) if vr not in ("LT", "ST", "UT")
                                else " ".join(v for v in values if v))
         if vr == "UR":
             return self._make(tag, vr, "")
         # Numbers, ages, attribute tags: carry no identity.
         return _keep(elem)
+
+    def _basic(
+        self, tag: int, vr: str, depth: int, dummy: str | None = None
+    ) -> DataElement | RawDataElement | None:
+        """The Basic Profile's outcome, for values an option could not keep (unreadable dates,
+        text that cleaning empties): removed, emptied or a dummy as the IOD's Type needs."""
+        row = load_table().lookup(tag)
+        code = row.basic if row else "X/Z/D"
+        if code in ("C", "K", "U"):
+            code = "X/Z/D"
+        action = resolve(code, iod.attribute_type(tag, self.types if depth == 0 else None))
+        if action is Action.REMOVE:
+            return None
+        if action is Action.ZERO:
+            return self._make(tag, vr, self._empty(vr))
+        return self._make(tag, vr, dummy if dummy is not None else _DUMMY.get(vr, ""))
 
     def _raw_bytes(self, src: Dataset, elem: DataElement | RawDataElement) -> bytes:
         value = elem.value if isinstance(elem, RawDataElement) else self._value(src, elem)

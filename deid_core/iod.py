@@ -90,12 +90,18 @@ _MODULES: dict[str, dict[str, int]] = {
     "RTGeneralTreatmentRecord": {"TreatmentDate": 2, "TreatmentTime": 2},
     "RTTreatmentMachineRecord": {"SourceSerialNumber": 3},
     "RTPrescription": {"IntendedPhaseStartDate": 3, "IntendedPhaseEndDate": 3},
-    "PresentationStateIdentification": {"ContentCreatorName": 2},
+    # Content Identification macro (presentation states, segmentations, ...).
+    "PresentationStateIdentification": {"ContentCreatorName": 2, "ContentDescription": 2},
+    # Derivation Image macro (functional groups of enhanced IODs, nested).
+    "DerivationImage": {"SourceImageSequence": 2, "DerivationDescription": 3},
     "Specimen": {"ContainerIdentifier": 1},
+    # HL7v2 Hierarchic Designator macro (issuers, nested): one of the two IDs is required.
+    "HL7v2HierarchicDesignator": {"LocalNamespaceEntityID": 1, "UniversalEntityID": 1},
 }
 
 _IMAGE = ("Patient", "GeneralStudy", "GeneralSeries", "GeneralEquipment", "GeneralImage")
 _ENHANCED = (
+    "DerivationImage",
     "Patient",
     "GeneralStudy",
     "EnhancedSeries",
@@ -149,7 +155,7 @@ IODS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Segmentation",
         ("Patient", "GeneralStudy", "SegmentationSeries", "GeneralEquipment",
          "EnhancedGeneralEquipment", "MultiFrameFunctionalGroups",
-         "PresentationStateIdentification"),
+         "PresentationStateIdentification", "DerivationImage"),
     ),
     "1.2.840.10008.5.1.4.1.1.77.1.1": ("VL Endoscopic Image", _VL),
     "1.2.840.10008.5.1.4.1.1.77.1.2": ("VL Microscopic Image", _VL),
@@ -161,7 +167,7 @@ IODS: dict[str, tuple[str, tuple[str, ...]]] = {
         "VL Whole Slide Microscopy Image",
         ("Patient", "GeneralStudy", "GeneralSeries", "GeneralEquipment",
          "EnhancedGeneralEquipment", "MultiFrameFunctionalGroups", "AcquisitionContext",
-         "Specimen", "SlideLabel"),
+         "Specimen", "SlideLabel", "HL7v2HierarchicDesignator"),
     ),
     "1.2.840.10008.5.1.4.1.1.77.1.7": ("Dermoscopic Photography Image", _VL),
     "1.2.840.10008.5.1.4.1.1.88.11": ("Basic Text SR", _SR),

@@ -136,6 +136,13 @@ _CLASS_UID = re.compile(
     r"TransferSyntaxUIDInFile|^CodingSchemeUID|^ContextUID|^MappingResourceUID|"
     r"^ContextGroupExtensionCreatorUID|^TemplateExtension\w*UID|^PrivateInformationCreatorUID)$"
 )
+_ALTERNATIVE_CALENDAR = frozenset(
+    {
+        "PatientAlternativeCalendar",
+        "PatientBirthDateInAlternativeCalendar",
+        "PatientDeathDateInAlternativeCalendar",
+    }
+)
 _TEXT_VRS = frozenset({"LT", "ST", "UT", "UC", "UR", "PN"})
 _DATE_VRS = frozenset({"DA", "DT", "TM"})
 
@@ -210,7 +217,9 @@ class ConfidentialityProfile:
         rule = self._cache.get(tag)
         if rule is None:
             rule = self._compute(tag)
-            rule = rule._replace(action=_SIMPLE.get(rule.code))
+            # Codes depend on their item's coding scheme: never settled by the rule alone.
+            if rule.category != Category.CODE:
+                rule = rule._replace(action=_SIMPLE.get(rule.code))
             self._cache[tag] = rule
         return rule
 
@@ -246,10 +255,16 @@ class ConfidentialityProfile:
             return Rule("X", Category.REMOVE, vr, "command/file meta element: not part of a dataset")
         if keyword in ("DeidentificationMethod", "DeidentificationMethodCodeSequence"):
             return Rule("X", Category.REMOVE, vr, "replaced by this de-identification's own record")
+        if keyword in _ALTERNATIVE_CALENDAR:
+            # Birth and death dates in another calendar, and the calendar they need: removed
+            # like the Patient's Birth Date itself, under every option.
+            return Rule("X", Category.REMOVE, vr, "alternative-calendar birth/death date")
         if retired:
             return Rule("X", Category.REMOVE, vr, "retired and not in the table: removed")
         if keyword in CODE_KEYWORDS:
-            return Rule("K", Category.CODE, vr, "code of a coded entry: kept")
+            return Rule(
+                "K", Category.CODE, vr, "code of a coded entry: kept if its scheme is published"
+            )
         if vr == "SQ":
             return Rule("K", Category.KEEP, vr, "sequence not in the table: kept, items cleaned")
         if vr in _DATE_VRS:

@@ -17,13 +17,15 @@ import os
 import secrets
 import struct
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from deid_core.errors import InvalidInputError, RetryableError
+from deid_core.errors import DeidGatewayError, InvalidInputError, RetryableError
 from dicom_io.encode import fast_encode
 
 #: Smallest possible data set: one element header (tag + VR + length) and no value.
@@ -155,6 +157,72 @@ def write_atomic(data: bytes, path: str | Path, *, fsync: bool = True) -> None:
             os.close(dir_fd)
 
 
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY if directory else os.O_WRONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_files_atomic(
+    items: list[tuple[bytes, Path]], *, fsync: bool = True
+) -> list[DeidGatewayError | None]:
+    """Write many files atomically, with one round of durability for all of them.
+
+    Each file goes to a hidden temporary file beside its target; then all temporary files are
+    fsynced at once (in threads, so the filesystem's journal commits them together instead of one
+    commit per file), renamed into place, and their folders fsynced. A crash at any point leaves
+    complete files or hidden temporary files, never a half-written output. Returns, per item,
+    None or the error that kept that file from being written (the others still are)."""
+    errors: list[DeidGatewayError | None] = [None] * len(items)
+    temps: list[tuple[int, Path, Path]] = []
+    for i, (data, path) in enumerate(items):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            temps.append((i, tmp, path))
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            errors[i] = RetryableError(f"cannot write output file: {exc.strerror}")
+    if fsync and temps:
+        with ThreadPoolExecutor(max_workers=min(16, len(temps))) as pool:
+            done = list(pool.map(lambda t: _try(_fsync_path, t[1]), temps))
+        for (i, tmp, _), exc in zip(temps, done, strict=True):
+            if exc is not None:
+                errors[i] = RetryableError(f"cannot write output file: {exc.strerror}")
+                tmp.unlink(missing_ok=True)
+    folders: set[Path] = set()
+    for i, tmp, path in temps:
+        if errors[i] is not None:
+            continue
+        try:
+            os.replace(tmp, path)
+            folders.add(path.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            errors[i] = RetryableError(f"cannot write output file: {exc.strerror}")
+    if fsync and folders:
+        with ThreadPoolExecutor(max_workers=min(16, len(folders))) as pool:
+            list(pool.map(lambda d: _try(_fsync_path, d, True), folders))
+    return errors
+
+
+def _try(fn: Any, *args: Any) -> OSError | None:
+    try:
+        fn(*args)
+    except OSError as exc:
+        return exc
+    return None
+
+
 def write_dataset(ds: Dataset, path: str | Path, *, fsync: bool = True) -> int:
     """Encode and atomically write a dataset; returns the number of bytes written."""
     data = encode_dataset(ds)
@@ -169,4 +237,5 @@ __all__ = [
     "reference_encode",
     "write_atomic",
     "write_dataset",
+    "write_files_atomic",
 ]

@@ -73,28 +73,38 @@ def _uid_name(ds: object, keyword: str) -> str:
     return value if value and all(c.isdigit() or c == "." for c in value) else f"no-{keyword}"
 
 
-def _process(path: str) -> Outcome:
-    from dicom_io.files import read_dataset, write_dataset
+def _process_chunk(paths: list[str]) -> list[Outcome]:
+    """De-identify a few files, then write them together (one round of fsyncs for all)."""
+    from dicom_io.files import encode_dataset, read_dataset, write_files_atomic
 
     deid = _WORKER["deid"]
     out_dir = _WORKER["out"]
     assert isinstance(deid, Deidentifier) and isinstance(out_dir, Path)
-    try:
-        ds = read_dataset(path)
-        result = deid.deidentify(ds)
-        rel = (
-            Path(_uid_name(result, "StudyInstanceUID"))
-            / _uid_name(result, "SeriesInstanceUID")
-            / f"{_uid_name(result, 'SOPInstanceUID')}.dcm"
-        )
-        write_dataset(result, out_dir / rel, fsync=bool(_WORKER["fsync"]))
-    except DeidGatewayError as exc:
-        if "DICOMDIR" in str(exc):
-            return Outcome(path, "skipped", str(exc))
-        return Outcome(path, "failed", str(exc))
-    except Exception as exc:  # a bug: report it per file and keep the batch going
-        return Outcome(path, "failed", f"internal error ({type(exc).__name__})")
-    return Outcome(path, "ok", output=str(rel))
+    outcomes: list[Outcome] = []
+    pending: list[tuple[str, str, bytes]] = []
+    for path in paths:
+        try:
+            result = deid.deidentify(read_dataset(path))
+            rel = (
+                Path(_uid_name(result, "StudyInstanceUID"))
+                / _uid_name(result, "SeriesInstanceUID")
+                / f"{_uid_name(result, 'SOPInstanceUID')}.dcm"
+            )
+            pending.append((path, str(rel), encode_dataset(result)))
+        except DeidGatewayError as exc:
+            status = "skipped" if "DICOMDIR" in str(exc) else "failed"
+            outcomes.append(Outcome(path, status, str(exc)))
+        except Exception as exc:  # a bug: report it per file and keep the batch going
+            outcomes.append(Outcome(path, "failed", f"internal error ({type(exc).__name__})"))
+    errors = write_files_atomic(
+        [(data, out_dir / rel) for _, rel, data in pending], fsync=bool(_WORKER["fsync"])
+    )
+    for (path, rel, _), error in zip(pending, errors, strict=True):
+        if error is None:
+            outcomes.append(Outcome(path, "ok", output=rel))
+        else:
+            outcomes.append(Outcome(path, "failed", str(error)))
+    return outcomes
 
 
 def collect_files(inputs: list[Path], exclude: Path | None = None) -> list[Path]:
@@ -128,20 +138,26 @@ def _workers(requested: int | None, n_files: int) -> int:
     return max(1, min(n, n_files))
 
 
+def _chunks(paths: list[str], workers: int) -> list[list[str]]:
+    """Groups of files per task: small enough to keep every worker busy to the end, large enough
+    that one round of fsyncs covers many files."""
+    size = max(1, min(32, len(paths) // (workers * 4)))
+    return [paths[i : i + size] for i in range(0, len(paths), size)]
+
+
 def _run(
     files: list[Path], deid: Deidentifier, out_dir: Path, workers: int, fsync: bool
-) -> Iterator[Outcome]:
-    paths = [str(p) for p in files]
+) -> Iterator[list[Outcome]]:
+    chunks = _chunks([str(p) for p in files], workers)
     if workers <= 1:
         _init_worker(deid, str(out_dir), fsync)
-        for p in paths:
-            yield _process(p)
+        for chunk in chunks:
+            yield _process_chunk(chunk)
         return
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    chunk = max(1, min(32, len(paths) // (workers * 8)))
     with ctx.Pool(workers, initializer=_init_worker, initargs=(deid, str(out_dir), fsync)) as pool:
-        yield from pool.imap_unordered(_process, paths, chunksize=chunk)
+        yield from pool.imap_unordered(_process_chunk, chunks)
 
 
 def deidentify(
@@ -183,15 +199,16 @@ def deidentify(
     )
     with progress:
         task = progress.add_task("files", total=len(files), failed=0)
-        for outcome in _run(files, deid, out_dir, n_workers, fsync):
-            counts[outcome.status] += 1
-            if outcome.status == "failed":
-                failures.append(outcome)
-            elif outcome.status == "ok":
-                if outcome.output in outputs:
-                    duplicates += 1
-                outputs[outcome.output] = outcome.path
-            progress.update(task, advance=1, failed=counts["failed"])
+        for batch in _run(files, deid, out_dir, n_workers, fsync):
+            for outcome in batch:
+                counts[outcome.status] += 1
+                if outcome.status == "failed":
+                    failures.append(outcome)
+                elif outcome.status == "ok":
+                    if outcome.output in outputs:
+                        duplicates += 1
+                    outputs[outcome.output] = outcome.path
+            progress.update(task, advance=len(batch), failed=counts["failed"])
     elapsed = time.perf_counter() - started
     for f in sorted(failures, key=lambda o: o.path):
         err.print(f"[red]FAILED[/] {escape(f.path)}: {escape(f.detail)}")

@@ -76,7 +76,8 @@ class PlantedFile:
     refers_to: tuple[str, str] | None
     #: Values without the canary prefix that must not appear in any output byte.
     needles: list[bytes] = field(default_factory=list)
-    #: Needles that are dates or times (retained or shifted under the date options).
+    #: Needles that are dates (DA) or times (TM): shifted dates may meet another planted date by
+    #: chance, and times are kept under Retain Longitudinal Modified Dates by design.
     temporal: list[bytes] = field(default_factory=list)
     #: Every text canary planted (each starts with CANARY_PREFIX), for counting leaks.
     texts: list[bytes] = field(default_factory=list)
@@ -130,7 +131,9 @@ class _Planter:
         )
 
     def datetime(self) -> str:
-        return self._unique(lambda: self.date_raw() + self.time_raw(), temporal=True)
+        # A shifted DT never equals its original, and a kept one (Full Dates) is by design:
+        # DT canaries are ordinary needles.
+        return self._unique(lambda: self.date_raw() + self.time_raw())
 
     def date_raw(self) -> str:
         return f"19{self.rng.randint(1, 19):02d}{self.rng.randint(1, 12):02d}{self.rng.randint(1, 28):02d}"
@@ -213,7 +216,7 @@ def _free_text_tags() -> list[tuple[int, str]]:
     )
 
 
-def _plant_private(ds: Dataset, planter: _Planter, big: bool) -> None:
+def _plant_private(ds: Dataset, planter: _Planter, big: bool, hostile: bool) -> None:
     ds.add_new(0x00090010, "LO", planter.text(64))  # a canary as the private creator
     ds.add_new(0x00091001, "LO", planter.text(64))
     ds.add_new(0x00091002, "UN", planter.text(16).encode().ljust(16, b"_"))
@@ -222,17 +225,21 @@ def _plant_private(ds: Dataset, planter: _Planter, big: bool) -> None:
     inner.add_new(0x00110010, "LO", "CANARY INNER CREATOR")
     inner.add_new(0x00111001, "LT", planter.text(64))
     ds.add_new(0x00091003, "SQ", Sequence([inner]))
-    # A vendor block that Retain Safe Private knows, holding text where a number belongs.
-    ds.add_new(0x00190010, "LO", "SIEMENS MR HEADER")
-    ds.add_new(0x0019100C, "IS", "1000")
-    ds.add_new(0x0019100E, "LO", planter.text(64))
+    if hostile:
+        # A vendor block that Retain Safe Private knows, holding text where a number belongs
+        # (pydicom's private dictionary says FD: tools that decode it by that VR fail).
+        ds.add_new(0x00190010, "LO", "SIEMENS MR HEADER")
+        ds.add_new(0x0019100C, "IS", "1000")
+        ds.add_new(0x0019100E, "LO", planter.text(64))
     if big:
         ds.add_new(0x00290010, "LO", "CANARY BULK")
         for i in range(0x00, 0xFF):
             ds.add_new(0x00291000 | i, "LO", planter.text(64))
 
 
-def plant_dataset(ds: Dataset, planter: _Planter, index: int, charset: bool) -> None:
+def plant_dataset(
+    ds: Dataset, planter: _Planter, index: int, charset: bool, hostile: bool = True
+) -> None:
     table = load_table()
     rows = [r for r in table.rows if not r.is_masked]
     keep_name = ds.get("PatientName") if charset else None
@@ -271,13 +278,21 @@ def plant_dataset(ds: Dataset, planter: _Planter, index: int, charset: bool) -> 
     icon.BitsAllocated = 8
     icon.add_new(0x7FE00010, "OB", planter.text(16).encode())
     ds.IconImageSequence = Sequence([icon])
-    _plant_private(ds, planter, big=index % 4 == 0)
+    _plant_private(ds, planter, big=index % 4 == 0, hostile=hostile)
 
 
 def build_corpus(
-    dest: Path, copies: int = 1, seed: int = 1234, charset: bool = True, limit: int | None = None
+    dest: Path,
+    copies: int = 1,
+    seed: int = 1234,
+    charset: bool = True,
+    limit: int | None = None,
+    hostile: bool = True,
 ) -> Corpus:
-    """Write the planted corpus into `dest` (copies x base files, at most `limit` files)."""
+    """Write the planted corpus into `dest` (copies x base files, at most `limit` files).
+
+    `hostile=False` leaves out the one element planted to break decoders (text in a vendor's
+    numeric private slot), so that peer tools can be timed on the rest in a benchmark."""
     rng = random.Random(seed)
     dest.mkdir(parents=True, exist_ok=True)
     sources = [(name, get_testdata_file(name), False) for name in BASE_FILES]
@@ -295,7 +310,7 @@ def build_corpus(
             original = Path(source).read_bytes()
             ds = pydicom.dcmread(source)
             planter = _Planter(random.Random(rng.getrandbits(64)), original)
-            plant_dataset(ds, planter, index, is_charset)
+            plant_dataset(ds, planter, index, is_charset, hostile)
             group = index // 5
             if group not in group_uids:
                 group_uids[group] = (planter.uid(), planter.uid())

@@ -33,7 +33,7 @@ COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
         ("X/Z/D", 2, Action.ZERO),
         ("X/Z/D", 1, Action.DUMMY),
         ("X/Z/U*", 3, Action.REMOVE),
-        ("X/Z/U*", 2, Action.ZERO),
+        ("X/Z/U*", 2, Action.UID),
         ("X/Z/U*", 1, Action.UID),
         ("K", 1, Action.KEEP),
         ("C", None, Action.CLEAN),
