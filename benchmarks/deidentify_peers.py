@@ -132,14 +132,34 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[tuple[str, list[str], Path]] = [
         (
             "deid-gateway",
-            [_python(), "-m", "gateway", "deidentify", str(corpus_dir), "--out",
-             str(work / "ours"), "--config", str(config)],
+            [
+                _python(),
+                "-m",
+                "gateway",
+                "deidentify",
+                str(corpus_dir),
+                "--out",
+                str(work / "ours"),
+                "--config",
+                str(config),
+            ],
             work / "ours",
         ),
         (
             "deid-gateway (1 worker)",
-            [_python(), "-m", "gateway", "deidentify", str(corpus_dir), "--out",
-             str(work / "ours1"), "--config", str(config), "--workers", "1"],
+            [
+                _python(),
+                "-m",
+                "gateway",
+                "deidentify",
+                str(corpus_dir),
+                "--out",
+                str(work / "ours1"),
+                "--config",
+                str(config),
+                "--workers",
+                "1",
+            ],
             work / "ours1",
         ),
     ]
@@ -147,8 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         runs += [
             (
                 "dicognito",
-                [_python(), "-m", "dicognito", "-o", str(work / "dicognito"),
-                 "--assume-burned-in-annotation", "never", str(corpus_dir)],
+                [
+                    _python(),
+                    "-m",
+                    "dicognito",
+                    "-o",
+                    str(work / "dicognito"),
+                    "--assume-burned-in-annotation",
+                    "never",
+                    str(corpus_dir),
+                ],
                 work / "dicognito",
             ),
             (

@@ -1,8 +1,9 @@
 """The action codes of PS3.15 Table E.1-1a and how a combination is settled.
 
 A combination such as X/Z/D means: remove, unless the attribute's Type in the instance's IOD needs
-it present (Type 2 -> zero length, Type 1 -> dummy). X/Z/U* keeps a needed reference sequence
-with its UIDs replaced (Type 1 and 2; see `resolve`). The Type comes from `deid_core.iod`; when it is
+it present (Type 2 -> zero length, Type 1 -> dummy). X/Z/U* keeps a needed reference
+sequence with its UIDs replaced (Type 1 and 2; see `resolve`). The Type comes from
+`deid_core.iod`; when it is
 not known the most demanding Type the attribute has in any IOD we know is used, so the output keeps
 its conformance (every outcome is equally free of identity: X, Z, D and U all drop the value).
 """

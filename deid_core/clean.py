@@ -49,7 +49,7 @@ brain spine spinal cord orbit orbits sinuses iac cervical kidney kidneys renal a
 aortic carotid coronary pulmonary thyroid pituitary vessels vascular abdominal pelvic cardiac
 coerce correct corrected
 thorax thoracic lumbar sacral extremities joints soft tissues whole body wb chest abdomen pelvis
-""".split()
+""".split()  # noqa: SIM905 - a word list reads best as text
 
 
 @cache

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import UID_dictionary
+from pydicom.uid import UID, UID_dictionary
 
 from deid_core import iod
 from deid_core.actions import Action, resolve
@@ -37,7 +37,7 @@ from deid_core.dates import shift_values
 from deid_core.errors import InvalidInputError
 from deid_core.keys import ProjectKey
 from deid_core.options import BASIC_PROFILE_CODE, OPTION_CODES, TABLE_COLUMNS, ProfileOption
-from deid_core.profile import CODE_KEYWORDS, Category, ConfidentialityProfile, Rule, keyword_of
+from deid_core.profile import Category, ConfidentialityProfile, Rule, keyword_of
 from deid_core.pseudonyms import Pseudonymizer
 from deid_core.standard import load_table
 
@@ -111,7 +111,9 @@ _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _FREE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 #: Values a day shift leaves unchanged, kept only when they are exactly that (no text).
 _TEMPORAL_KEPT = {
-    "TM": re.compile(r"^(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?(\\(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)*$"),
+    "TM": re.compile(
+        r"^(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?(\\(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)*$"
+    ),
     "SH": re.compile(r"^[+-]\d{4}$"),
 }
 _NEVER = re.compile(r"(?!)")
@@ -122,9 +124,38 @@ _VALID_AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{0,16}$")
 #: fixed by the scheme, so they survive cleaning. Local schemes ("99...") do not.
 KNOWN_CODING_SCHEMES = frozenset(
     {
-        "DCM", "SCT", "SRT", "SNM3", "LN", "I10", "I10P", "I9", "I9C", "ICD10", "ICDO3", "UCUM",
-        "RADLEX", "NCIt", "MSH", "UMLS", "FMA", "NEU", "MDC", "ACR", "HL7", "RXNORM", "NDC",
-        "CPT4", "C4", "C5", "ATC", "NCDR", "BARI", "CAS", "PUBCHEM_CID", "UBERON", "UMLS",
+        "DCM",
+        "SCT",
+        "SRT",
+        "SNM3",
+        "LN",
+        "I10",
+        "I10P",
+        "I9",
+        "I9C",
+        "ICD10",
+        "ICDO3",
+        "UCUM",
+        "RADLEX",
+        "NCIt",
+        "MSH",
+        "UMLS",
+        "FMA",
+        "NEU",
+        "MDC",
+        "ACR",
+        "HL7",
+        "RXNORM",
+        "NDC",
+        "CPT4",
+        "C4",
+        "C5",
+        "ATC",
+        "NCDR",
+        "BARI",
+        "CAS",
+        "PUBCHEM_CID",
+        "UBERON",
     }
 )
 _ACTIONS = {a.value: a for a in Action}
@@ -199,7 +230,14 @@ def record_method(ds: Dataset, option: ProfileOption | None, note: str | None = 
 
 
 _NUMBER_FORMATS = {
-    "US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q",
+    "US": "H",
+    "SS": "h",
+    "UL": "I",
+    "SL": "i",
+    "FL": "f",
+    "FD": "d",
+    "SV": "q",
+    "UV": "Q",
     "AT": "I",
 }
 
@@ -311,7 +349,7 @@ class _Run:
         if implicit is not None:
             data = _encode_value(vr, value, bool(little))
             if data is not None:
-                return RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, little)
+                return RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, bool(little))
         return DataElement(tag, vr, value)
 
     # --- explain ----------------------------------------------------------------------------
@@ -349,10 +387,14 @@ class _Run:
                 # Most elements are settled by the rule alone: drop, or carry the raw bytes over.
                 if rule.action is Action.REMOVE:
                     continue
-                if rule.action is Action.KEEP and rule.vr != "SQ" and type(elem) is RawDataElement:
-                    if elem.VR != "SQ":
-                        out_dict[key] = elem
-                        continue
+                if (
+                    rule.action is Action.KEEP
+                    and rule.vr != "SQ"
+                    and type(elem) is RawDataElement
+                    and elem.VR != "SQ"
+                ):
+                    out_dict[key] = elem
+                    continue
             code = rule.code
             if rule.category == Category.CODE or (
                 mode is not Mode.NORMAL and rule.category in _MODE_CATEGORIES
@@ -385,9 +427,7 @@ class _Run:
             self._privates(src, out, privates, depth, path)
         return out
 
-    def _why(
-        self, rule: Rule, code: str, action: Action, depth: int, tag: int, mode: Mode
-    ) -> str:
+    def _why(self, rule: Rule, code: str, action: Action, depth: int, tag: int, mode: Mode) -> str:
         reason = rule.reason
         if mode is not Mode.NORMAL and code != rule.code:
             inside = "dummied (D)" if mode is Mode.DUMMY else "cleaned (C)"
@@ -531,8 +571,13 @@ class _Run:
                 # Nothing survives cleaning: do what the basic profile does (keeps a Type 1
                 # attribute present with a dummy, empties a Type 2 one, removes the rest).
                 return self._basic(tag, vr, depth)
-            return self._make(tag, vr, "\\".join(values) if vr not in ("LT", "ST", "UT")
-                               else " ".join(v for v in values if v))
+            return self._make(
+                tag,
+                vr,
+                "\\".join(values)
+                if vr not in ("LT", "ST", "UT")
+                else " ".join(v for v in values if v),
+            )
         if vr == "UR":
             return self._make(tag, vr, "")
         # Numbers, ages, attribute tags: carry no identity.
@@ -743,7 +788,11 @@ class Deidentifier:
         for tag in sorted(set(out.keys()) - before):
             trace.append(
                 AttributeDecision(
-                    keyword_of(tag), _tag_text(tag), keyword_of(tag), "set", "profile",
+                    keyword_of(tag),
+                    _tag_text(tag),
+                    keyword_of(tag),
+                    "set",
+                    "profile",
                     "written by de-identification (PS3.15 E.1.1)",
                 )
             )
@@ -751,7 +800,11 @@ class Deidentifier:
             if tag in _FINISH_TAGS:
                 trace.append(
                     AttributeDecision(
-                        keyword_of(tag), _tag_text(tag), keyword_of(tag), "set", "profile",
+                        keyword_of(tag),
+                        _tag_text(tag),
+                        keyword_of(tag),
+                        "set",
+                        "profile",
                         "overwritten by de-identification (PS3.15 E.1.1 / trial config)",
                     )
                 )
@@ -775,7 +828,7 @@ class Deidentifier:
             assert tag is not None
             new = run._make(tag, vr, value)
             if isinstance(new, RawDataElement):
-                ds._dict[BaseTag(tag)] = new  # type: ignore[index]
+                ds._dict[BaseTag(tag)] = new
             else:
                 ds[tag] = new
 
@@ -819,10 +872,10 @@ class Deidentifier:
     def _file_meta(src: Dataset, out: Dataset) -> FileMetaDataset:
         meta = FileMetaDataset()
         meta.FileMetaInformationVersion = b"\x00\x01"
-        meta.MediaStorageSOPClassUID = out[_SOP_CLASS].value
-        meta.MediaStorageSOPInstanceUID = out[_SOP_INSTANCE].value
-        meta.TransferSyntaxUID = _transfer_syntax(src)
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.MediaStorageSOPClassUID = UID(str(out[_SOP_CLASS].value))
+        meta.MediaStorageSOPInstanceUID = UID(str(out[_SOP_INSTANCE].value))
+        meta.TransferSyntaxUID = UID(_transfer_syntax(src))
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         return meta
 

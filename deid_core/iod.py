@@ -135,39 +135,75 @@ IODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "1.2.840.10008.5.1.4.1.1.7.4": ("Multi-frame SC Image", _IMAGE),
     "1.2.840.10008.5.1.4.1.1.9.1.1": (
         "12-lead ECG",
-        ("Patient", "GeneralStudy", "GeneralSeries", "GeneralEquipment", "WaveformIdentification",
-         "WaveformAnnotation"),
+        (
+            "Patient",
+            "GeneralStudy",
+            "GeneralSeries",
+            "GeneralEquipment",
+            "WaveformIdentification",
+            "WaveformAnnotation",
+        ),
     ),
     "1.2.840.10008.5.1.4.1.1.9.1.2": (
         "General ECG",
-        ("Patient", "GeneralStudy", "GeneralSeries", "GeneralEquipment", "WaveformIdentification",
-         "WaveformAnnotation"),
+        (
+            "Patient",
+            "GeneralStudy",
+            "GeneralSeries",
+            "GeneralEquipment",
+            "WaveformIdentification",
+            "WaveformAnnotation",
+        ),
     ),
     "1.2.840.10008.5.1.4.1.1.11.1": (
         "Grayscale Softcopy Presentation State",
-        ("Patient", "GeneralStudy", "GeneralSeries", "GeneralEquipment",
-         "PresentationStateIdentification"),
+        (
+            "Patient",
+            "GeneralStudy",
+            "GeneralSeries",
+            "GeneralEquipment",
+            "PresentationStateIdentification",
+        ),
     ),
     "1.2.840.10008.5.1.4.1.1.12.1": ("X-Ray Angiographic Image", (*_IMAGE, "ContrastBolus")),
     "1.2.840.10008.5.1.4.1.1.12.2": ("X-Ray RF Image", (*_IMAGE, "ContrastBolus")),
     "1.2.840.10008.5.1.4.1.1.20": ("NM Image", _IMAGE),
     "1.2.840.10008.5.1.4.1.1.66.4": (
         "Segmentation",
-        ("Patient", "GeneralStudy", "SegmentationSeries", "GeneralEquipment",
-         "EnhancedGeneralEquipment", "MultiFrameFunctionalGroups",
-         "PresentationStateIdentification", "DerivationImage"),
+        (
+            "Patient",
+            "GeneralStudy",
+            "SegmentationSeries",
+            "GeneralEquipment",
+            "EnhancedGeneralEquipment",
+            "MultiFrameFunctionalGroups",
+            "PresentationStateIdentification",
+            "DerivationImage",
+        ),
     ),
     "1.2.840.10008.5.1.4.1.1.77.1.1": ("VL Endoscopic Image", _VL),
     "1.2.840.10008.5.1.4.1.1.77.1.2": ("VL Microscopic Image", _VL),
-    "1.2.840.10008.5.1.4.1.1.77.1.3": ("VL Slide-Coordinates Microscopic Image", (*_VL, "Specimen")),
+    "1.2.840.10008.5.1.4.1.1.77.1.3": (
+        "VL Slide-Coordinates Microscopic Image",
+        (*_VL, "Specimen"),
+    ),
     "1.2.840.10008.5.1.4.1.1.77.1.4": ("VL Photographic Image", _VL),
     "1.2.840.10008.5.1.4.1.1.77.1.5.1": ("Ophthalmic Photography 8 Bit Image", _VL),
     "1.2.840.10008.5.1.4.1.1.77.1.5.2": ("Ophthalmic Photography 16 Bit Image", _VL),
     "1.2.840.10008.5.1.4.1.1.77.1.6": (
         "VL Whole Slide Microscopy Image",
-        ("Patient", "GeneralStudy", "GeneralSeries", "GeneralEquipment",
-         "EnhancedGeneralEquipment", "MultiFrameFunctionalGroups", "AcquisitionContext",
-         "Specimen", "SlideLabel", "HL7v2HierarchicDesignator"),
+        (
+            "Patient",
+            "GeneralStudy",
+            "GeneralSeries",
+            "GeneralEquipment",
+            "EnhancedGeneralEquipment",
+            "MultiFrameFunctionalGroups",
+            "AcquisitionContext",
+            "Specimen",
+            "SlideLabel",
+            "HL7v2HierarchicDesignator",
+        ),
     ),
     "1.2.840.10008.5.1.4.1.1.77.1.7": ("Dermoscopic Photography Image", _VL),
     "1.2.840.10008.5.1.4.1.1.88.11": ("Basic Text SR", _SR),
@@ -243,7 +279,8 @@ def iod_types(sop_class_uid: str) -> dict[int, int] | None:
 
 
 def attribute_type(tag: int, types: Mapping[int, int] | None) -> int | None:
-    """Type of the attribute in the IOD (`types` from `iod_types`), else the conservative fallback."""
+    """Type of the attribute in the IOD (`types` from `iod_types`), else the conservative
+    fallback."""
     if types is not None:
         t = types.get(tag)
         if t is not None:

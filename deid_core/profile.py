@@ -238,21 +238,27 @@ class ConfidentialityProfile:
         if row is not None:
             code, option = self.row_code(row)
             why = f"option {option.value}" if option else "basic profile"
-            return Rule(code, Category.TABLE, row.vr or vr, f"{why} (Table E.1-1 {row.tag})", option)
+            return Rule(
+                code, Category.TABLE, row.vr or vr, f"{why} (Table E.1-1 {row.tag})", option
+            )
         if 0x6000 <= group <= 0x60FF:
             # The rest of an overlay plane goes with its Overlay Data.
             overlay = self.table.lookup((group << 16) | 0x3000)
             assert overlay is not None
             code, option = self.row_code(overlay)
             why = f"option {option.value}" if option else "basic profile"
-            return Rule(code, Category.TABLE, vr, f"overlay plane follows Overlay Data ({why})", option)
+            return Rule(
+                code, Category.TABLE, vr, f"overlay plane follows Overlay Data ({why})", option
+            )
         if elem == 0x0000:
             return Rule("X", Category.REMOVE, vr, "group length: recomputed on write")
         if entry is None:
             return Rule("X", Category.REMOVE, None, "not in the DICOM dictionary: unknown, removed")
         vr, keyword, _name, retired = entry
         if group in (0x0000, 0x0002):
-            return Rule("X", Category.REMOVE, vr, "command/file meta element: not part of a dataset")
+            return Rule(
+                "X", Category.REMOVE, vr, "command/file meta element: not part of a dataset"
+            )
         if keyword in ("DeidentificationMethod", "DeidentificationMethodCodeSequence"):
             return Rule("X", Category.REMOVE, vr, "replaced by this de-identification's own record")
         if keyword in _ALTERNATIVE_CALENDAR:
@@ -275,9 +281,7 @@ class ConfidentialityProfile:
             if _CLASS_UID.search(keyword):
                 return Rule("K", Category.KEEP, vr, "class/syntax/terminology UID: kept")
             if ProfileOption.RETAIN_UIDS in self.options:
-                return Rule(
-                    "K", Category.UID, vr, "option retain_uids", ProfileOption.RETAIN_UIDS
-                )
+                return Rule("K", Category.UID, vr, "option retain_uids", ProfileOption.RETAIN_UIDS)
             return Rule("U", Category.UID, vr, "instance UID not in the table: keyed pseudonym")
         if vr in _TEXT_VRS or (
             vr == "LO" and _RISKY_LO.search(keyword) and keyword not in _SAFE_NAMES
@@ -293,7 +297,9 @@ class ConfidentialityProfile:
             return Rule("X/Z/D", Category.TEXT, vr, "free text/name not in the table: removed")
         return Rule("K", Category.KEEP, vr, "not in the table, not identifying by its kind: kept")
 
-    def private_rule(self, group: int, creator: str | None, offset: int) -> SafePrivateElement | None:
+    def private_rule(
+        self, group: int, creator: str | None, offset: int
+    ) -> SafePrivateElement | None:
         """The safe-list entry that keeps this private element, if any (only under the option)."""
         if creator is None or ProfileOption.RETAIN_SAFE_PRIVATE not in self.options:
             return None

@@ -1,8 +1,9 @@
 """Keyed, deterministic pseudonyms: HMAC-SHA256 under the project key, no shared database.
 
-The same input gives the same pseudonym on any machine that holds the key, so a UID referenced from
-another instance (Referenced SOP Instance UID, Study Instance UID, Frame of Reference UID...) maps to
-the same new UID in every file, and a re-sent instance gets the same output. Each kind of value has
+The same input gives the same pseudonym on any machine that holds the key, so a UID referenced
+from another instance (Referenced SOP Instance UID, Study Instance UID, Frame of Reference UID...)
+maps to the same new UID in every file, and a re-sent instance gets the same output. Each kind of
+value has
 its own HMAC domain: a patient ID and a UID with the same text never give related outputs. Without
 the key nothing can be reversed or linked across projects.
 """
@@ -29,7 +30,9 @@ class Pseudonymizer:
         self, key: ProjectKey, patient_id_prefix: str = "SUBJ-", max_shift_days: int = 3652
     ) -> None:
         if not _PREFIX.match(patient_id_prefix):
-            raise ValueError("the patient ID prefix must be up to 16 letters, digits, '_', '.', '-'")
+            raise ValueError(
+                "the patient ID prefix must be up to 16 letters, digits, '_', '.', '-'"
+            )
         if max_shift_days < 1:
             raise ValueError("max_shift_days must be at least 1")
         self._key = key

@@ -66,6 +66,10 @@ def parse_dataset(data: bytes) -> Dataset:
             raise
         except Exception as exc:
             raise InvalidInputError(_reason(exc)) from None
+    if not standard:
+        tags = list(ds.keys())
+        if not tags or tags[0] >> 16 not in (0x0002, 0x0008) or 0x00080016 not in ds:
+            raise InvalidInputError("not a DICOM file (no DICM prefix and no SOP Class UID)")
     for elem in ds._dict.values():
         # pydicom keeps what it could read of a value cut short by the end of the file.
         value = getattr(elem, "value", None)
@@ -75,10 +79,6 @@ def parse_dataset(data: bytes) -> Dataset:
                 f"truncated: the file ends inside element {_tag(elem.tag)} "
                 f"({len(value)} of {length} bytes)"
             )
-    if not standard:
-        tags = list(ds.keys())
-        if not tags or tags[0] >> 16 not in (0x0002, 0x0008) or 0x00080016 not in ds:
-            raise InvalidInputError("not a DICOM file (no DICM prefix and no SOP Class UID)")
     return ds
 
 
@@ -195,9 +195,9 @@ def write_files_atomic(
     if fsync and temps:
         with ThreadPoolExecutor(max_workers=min(16, len(temps))) as pool:
             done = list(pool.map(lambda t: _try(_fsync_path, t[1]), temps))
-        for (i, tmp, _), exc in zip(temps, done, strict=True):
-            if exc is not None:
-                errors[i] = RetryableError(f"cannot write output file: {exc.strerror}")
+        for (i, tmp, _), failure in zip(temps, done, strict=True):
+            if failure is not None:
+                errors[i] = RetryableError(f"cannot write output file: {failure.strerror}")
                 tmp.unlink(missing_ok=True)
     folders: set[Path] = set()
     for i, tmp, path in temps:

@@ -27,7 +27,10 @@ def _safe_private(rule: SafePrivateRule, where: str) -> SafePrivateElement:
             )
         elements = frozenset(rule.elements)
     return SafePrivateElement(
-        creator=rule.creator.strip(), elements=elements, group=rule.group, values="any",
+        creator=rule.creator.strip(),
+        elements=elements,
+        group=rule.group,
+        values="any",
         note="configured",
     )
 

@@ -93,7 +93,9 @@ def _vr_for(tag: str) -> str | None:
 def read_rows(csv_path: Path) -> tuple[list[dict[str, object]], dict[str, object]]:
     with csv_path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in (*REQUIRED_COLUMNS, *OPTION_COLUMNS) if c not in (reader.fieldnames or [])]
+        missing = [
+            c for c in (*REQUIRED_COLUMNS, *OPTION_COLUMNS) if c not in (reader.fieldnames or [])
+        ]
         if missing:
             raise SystemExit(f"{csv_path}: missing columns {missing}")
         raw = list(reader)

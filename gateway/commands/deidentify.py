@@ -18,19 +18,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from deid_core.deidentify import Deidentifier
 from deid_core.errors import DeidGatewayError
 from deid_core.keys import ProjectKey
 from gateway.commands import err, out
 from gateway.config import GatewayConfig, load_config
-from gateway.profiles import build_deidentifier
+
+if TYPE_CHECKING:  # pydicom and the engine load only when a command of this module runs
+    from deid_core.deidentify import Deidentifier
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "defaults" / "gateway.yaml"
 _DICOMDIR_REASON = "DICOMDIR"
@@ -75,6 +76,7 @@ def _uid_name(ds: object, keyword: str) -> str:
 
 def _process_chunk(paths: list[str]) -> list[Outcome]:
     """De-identify a few files, then write them together (one round of fsyncs for all)."""
+    from deid_core.deidentify import Deidentifier
     from dicom_io.files import encode_dataset, read_dataset, write_files_atomic
 
     deid = _WORKER["deid"]
@@ -85,12 +87,12 @@ def _process_chunk(paths: list[str]) -> list[Outcome]:
     for path in paths:
         try:
             result = deid.deidentify(read_dataset(path))
-            rel = (
+            name = (
                 Path(_uid_name(result, "StudyInstanceUID"))
                 / _uid_name(result, "SeriesInstanceUID")
                 / f"{_uid_name(result, 'SOPInstanceUID')}.dcm"
             )
-            pending.append((path, str(rel), encode_dataset(result)))
+            pending.append((path, str(name), encode_dataset(result)))
         except DeidGatewayError as exc:
             status = "skipped" if "DICOMDIR" in str(exc) else "failed"
             outcomes.append(Outcome(path, status, str(exc)))
@@ -128,6 +130,8 @@ def collect_files(inputs: list[Path], exclude: Path | None = None) -> list[Path]
 
 
 def _load(config: Path | None, profile: str) -> tuple[GatewayConfig, Deidentifier]:
+    from gateway.profiles import build_deidentifier
+
     cfg = load_config(config or DEFAULT_CONFIG)
     return cfg, build_deidentifier(cfg, profile, cfg.load_key())
 
@@ -166,7 +170,9 @@ def deidentify(
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML configuration (default: the embedded one)")
     ] = None,
-    profile: Annotated[str, typer.Option("--profile", help="profile name in the config")] = "default",
+    profile: Annotated[
+        str, typer.Option("--profile", help="profile name in the config")
+    ] = "default",
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="processes (default: all cores)")
     ] = None,
@@ -231,10 +237,13 @@ def explain(
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML configuration (default: the embedded one)")
     ] = None,
-    profile: Annotated[str, typer.Option("--profile", help="profile name in the config")] = "default",
+    profile: Annotated[
+        str, typer.Option("--profile", help="profile name in the config")
+    ] = "default",
 ) -> None:
     """Print, per attribute (at every depth), the action and why. Prints no values."""
     from dicom_io.files import read_dataset
+    from gateway.profiles import build_deidentifier
 
     cfg = load_config(config or DEFAULT_CONFIG)
     _quiet_pydicom()
@@ -242,12 +251,17 @@ def explain(
     deid = build_deidentifier(cfg, profile, ProjectKey.generate())
     ds = read_dataset(file)
     decisions = deid.explain(ds)
-    table = Table(title=f"{file.name}: profile {profile!r}", show_lines=False, expand=False)
-    for column in ("attribute", "tag", "action", "rule", "why"):
-        table.add_column(column, overflow="fold")
-    for d in decisions:
-        table.add_row(escape(d.path), d.tag, d.action, d.rule, escape(d.reason))
-    out.print(table)
+    if out.is_terminal:
+        table = Table(title=f"{file.name}: profile {profile!r}", expand=False)
+        for column in ("attribute", "tag", "action", "rule", "why"):
+            table.add_column(column, overflow="fold")
+        for d in decisions:
+            table.add_row(escape(d.path), d.tag, d.action, d.rule, escape(d.reason))
+        out.print(table)
+    else:  # piped: one tab-separated line per attribute, easy to grep
+        out.print("attribute\ttag\taction\trule\twhy", markup=False)
+        for d in decisions:
+            out.print(f"{d.path}\t{d.tag}\t{d.action}\t{d.rule}\t{d.reason}", markup=False)
     options = ", ".join(sorted(o.value for o in deid.profile.options)) or "none"
     out.print(f"options: {options}; table edition {deid.profile.table.edition}")
 

@@ -69,8 +69,17 @@ def config(workdir: Path) -> Path:
 
 def _deidentify(src: Path, out: Path, config: Path, profile: str, *extra: str) -> list[Path]:
     proc = run_cli(
-        ["deidentify", str(src), "--out", str(out), "--config", str(config), "--profile",
-         profile, *extra]
+        [
+            "deidentify",
+            str(src),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--profile",
+            profile,
+            *extra,
+        ]
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return sorted(out.rglob("*.dcm"))
@@ -89,8 +98,9 @@ def test_no_canary_survives(
     if profile == "basic":
         outputs = basic_outputs
     else:
-        outputs = _deidentify(corpus.files[0].path.parent, workdir / f"out-{profile}", config,
-                              profile)
+        outputs = _deidentify(
+            corpus.files[0].path.parent, workdir / f"out-{profile}", config, profile
+        )
     assert len(outputs) == len(corpus.files)
     needles = corpus.needles()
     if profile == "basic":  # dates and times are only removed under the basic profile
@@ -129,7 +139,7 @@ def test_references_resolve_across_files(
         studies.setdefault(planted.study_uid, set()).add(out.StudyInstanceUID)
         if planted.refers_to is None:
             continue
-        series, sop = planted.refers_to
+        series, _sop = planted.refers_to
         ref = out.ReferencedSeriesSequence[0]
         assert ref.SeriesInstanceUID == pseudo.uid(series)
         target = ref.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
@@ -177,8 +187,9 @@ def test_bad_files_are_reported_and_the_rest_go_through(workdir: Path, config: P
     (src / "notes.txt").write_text("not an image\n")
     shutil.copy(get_testdata_file("DICOMDIR"), src / "DICOMDIR")  # type: ignore[arg-type]
     out = workdir / "out-mixed"
-    proc = run_cli(["deidentify", str(src), "--out", str(out), "--config", str(config),
-                    "--profile", "basic"])
+    proc = run_cli(
+        ["deidentify", str(src), "--out", str(out), "--config", str(config), "--profile", "basic"]
+    )
     assert proc.returncode == 1
     assert "1 de-identified, 4 failed, 1 skipped" in proc.stdout
     for name, reason in (
@@ -194,9 +205,7 @@ def test_bad_files_are_reported_and_the_rest_go_through(workdir: Path, config: P
     assert not [p for p in outputs if p.name.endswith(".tmp")]
 
 
-def test_explain_prints_actions_and_reasons_without_values(
-    corpus: Corpus, config: Path
-) -> None:
+def test_explain_prints_actions_and_reasons_without_values(corpus: Corpus, config: Path) -> None:
     planted = corpus.files[0].path
     proc = run_cli(["explain", str(planted), "--config", str(config), "--profile", "clean"])
     assert proc.returncode == 0, proc.stderr
@@ -214,8 +223,18 @@ def test_shared_dicom_files_all_pass(workdir: Path, config: Path) -> None:
         str(p) for p in files if "SOPClassUID" not in pydicom.dcmread(p, stop_before_pixels=True)
     }
     out = workdir / "out-shared"
-    proc = run_cli(["deidentify", *map(str, files), "--out", str(out), "--config", str(config),
-                    "--profile", "clean"])
+    proc = run_cli(
+        [
+            "deidentify",
+            *map(str, files),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--profile",
+            "clean",
+        ]
+    )
     failed = {
         line.split(" ", 1)[1].rsplit(": ", 2)[0]
         for line in proc.stderr.splitlines()

@@ -118,15 +118,19 @@ class _Planter:
 
     def date(self) -> str:
         return self._unique(
-            lambda: f"19{self.rng.randint(1, 19):02d}{self.rng.randint(1, 12):02d}"
-            f"{self.rng.randint(1, 28):02d}",
+            lambda: (
+                f"19{self.rng.randint(1, 19):02d}{self.rng.randint(1, 12):02d}"
+                f"{self.rng.randint(1, 28):02d}"
+            ),
             temporal=True,
         )
 
     def time(self) -> str:
         return self._unique(
-            lambda: f"{self.rng.randint(0, 23):02d}{self.rng.randint(0, 59):02d}"
-            f"{self.rng.randint(0, 59):02d}.{self.rng.randint(100000, 999999)}",
+            lambda: (
+                f"{self.rng.randint(0, 23):02d}{self.rng.randint(0, 59):02d}"
+                f"{self.rng.randint(0, 59):02d}.{self.rng.randint(100000, 999999)}"
+            ),
             temporal=True,
         )
 
@@ -136,10 +140,15 @@ class _Planter:
         return self._unique(lambda: self.date_raw() + self.time_raw())
 
     def date_raw(self) -> str:
-        return f"19{self.rng.randint(1, 19):02d}{self.rng.randint(1, 12):02d}{self.rng.randint(1, 28):02d}"
+        r = self.rng
+        return f"19{r.randint(1, 19):02d}{r.randint(1, 12):02d}{r.randint(1, 28):02d}"
 
     def time_raw(self) -> str:
-        return f"{self.rng.randint(0, 23):02d}{self.rng.randint(0, 59):02d}{self.rng.randint(0, 59):02d}.{self.rng.randint(100000, 999999)}"
+        r = self.rng
+        return (
+            f"{r.randint(0, 23):02d}{r.randint(0, 59):02d}{r.randint(0, 59):02d}"
+            f".{r.randint(100000, 999999)}"
+        )
 
     def number(self, vr: str) -> str:
         if vr == "DS":

@@ -33,19 +33,30 @@ KEY = ProjectKey(b"o" * 40)
 CONTAINER = 0x00082218  # Anatomic Region Sequence: not in the table, kept, items de-identified
 PATIENT_ID = "PID-OPTIONS-1"
 
-_TEXT = {"LO": "T1 AX brain", "LT": "T1 AX brain", "ST": "T1 AX brain", "UT": "T1 AX brain",
-         "UC": "T1 AX brain", "SH": "T1 AX", "CS": "AXIAL", "AE": "STATION1", "PN": "Doe^John",
-         "DA": "20200102", "TM": "101010", "DT": "20200102101010", "DS": "1.5", "IS": "7",
-         "AS": "042Y", "UR": "https://example.org/x"}
+_TEXT = {
+    "LO": "T1 AX brain",
+    "LT": "T1 AX brain",
+    "ST": "T1 AX brain",
+    "UT": "T1 AX brain",
+    "UC": "T1 AX brain",
+    "SH": "T1 AX",
+    "CS": "AXIAL",
+    "AE": "STATION1",
+    "PN": "Doe^John",
+    "DA": "20200102",
+    "TM": "101010",
+    "DT": "20200102101010",
+    "DS": "1.5",
+    "IS": "7",
+    "AS": "042Y",
+    "UR": "https://example.org/x",
+}
 _BINARY = ("OB", "OW", "OF", "OD", "OL", "OV", "UN")
 _NUMBER = ("US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT")
 
 
 def _rows() -> list[TableRow]:
-    return [
-        r for r in load_table().rows
-        if not r.is_masked and r.tag[1:5] not in ("0000", "0002")
-    ]
+    return [r for r in load_table().rows if not r.is_masked and r.tag[1:5] not in ("0000", "0002")]
 
 
 def _tag(row: TableRow) -> int:
@@ -168,7 +179,10 @@ def _check_level(
     problems = []
     for n, row in enumerate(_rows()):
         tag = _tag(row)
-        if tag in (0x00100020, 0x00100010):  # patient ID / name: keyed pseudonyms, checked elsewhere
+        if tag in (
+            0x00100020,
+            0x00100010,
+        ):  # patient ID / name: keyed pseudonyms, checked elsewhere
             continue
         cell = row.option_action(option)
         got_basic, got = _outcome(basic, tag), _outcome(with_option, tag)
@@ -197,7 +211,9 @@ def test_option_changes_exactly_its_table_column(planted: Dataset, option: Profi
     problems = _check_level(basic, with_option, option, 0, shift)
     inner_basic = basic[CONTAINER].value[0]
     inner_option = with_option[CONTAINER].value[0]
-    problems += [f"depth 1: {p}" for p in _check_level(inner_basic, inner_option, option, 10_000, shift)]
+    problems += [
+        f"depth 1: {p}" for p in _check_level(inner_basic, inner_option, option, 10_000, shift)
+    ]
     assert not problems, "\n".join(problems[:40])
     changed = [r for r in _rows() if r.option_action(option)]
     assert changed, "every table option changes at least one row"

@@ -55,7 +55,13 @@ def test_generated_table_matches_the_standard_csv(tmp_path: Path) -> None:
     source = shared_path("standard", "ps3.15_2025e_table_E.1-1.csv")
     out = tmp_path / "table.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "gen_ps315_table.py"), str(source), "--out", str(out)],
+        [
+            sys.executable,
+            str(REPO / "tools" / "gen_ps315_table.py"),
+            str(source),
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
     )

@@ -68,9 +68,7 @@ def test_date_shift_is_per_patient_stable_and_in_range() -> None:
     shifts = {p.date_shift_days(f"P{i}") for i in range(300)}
     assert all(-365 <= s <= -1 for s in shifts)
     assert len(shifts) > 100  # spread out, not one constant
-    assert p.date_shift_days("P1") == Pseudonymizer(KEY_A, max_shift_days=365).date_shift_days(
-        "P1"
-    )
+    assert p.date_shift_days("P1") == Pseudonymizer(KEY_A, max_shift_days=365).date_shift_days("P1")
 
 
 def test_study_key_is_short_and_keyed() -> None:
