@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import os
 import re
 import resource
@@ -95,18 +96,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse the corpus kept in --keep DIR by a former run"
+    )
     args = parser.parse_args(argv)
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="deid-bench-"))
-    if work.exists() and args.keep:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
     corpus_dir = work / "corpus"
+    manifest = work / "corpus.pickle"
     started = time.perf_counter()
-    copies = -(-args.files // 22)
-    # Without the one element built to crash decoders: dicognito, pydicom-deid and
-    # dicom-anonymizer all abort the whole run on it (see the canary test for ours).
-    corpus = build_corpus(corpus_dir, copies=copies, limit=args.files, hostile=False)
+    if args.reuse and manifest.exists():
+        corpus = pickle.loads(manifest.read_bytes())
+        for name in ("ours", "ours1", "dicognito", "pydicom-deid", "dicom-anonymizer"):
+            shutil.rmtree(work / name, ignore_errors=True)
+    else:
+        if work.exists() and args.keep:
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        copies = -(-args.files // 22)
+        # Without the one element built to crash decoders: dicognito, pydicom-deid and
+        # dicom-anonymizer all abort the whole run on it (see the canary test for ours).
+        corpus = build_corpus(corpus_dir, copies=copies, limit=args.files, hostile=False)
+        manifest.write_bytes(pickle.dumps(corpus))
     planted = sum(len(f.texts) + len(f.needles) + len(f.temporal) for f in corpus.files)
     size = sum(f.path.stat().st_size for f in corpus.files) / 1e6
     print(

@@ -212,6 +212,16 @@ class ConfidentialityProfile:
     def has(self, option: ProfileOption) -> bool:
         return option in self.options
 
+    @property
+    def pixel_options(self) -> frozenset[ProfileOption]:
+        """Clean Pixel Data / Clean Recognizable Visual Features: flags for the pixel steps,
+        which apply them and then call `deid_core.deidentify.record_method`. The metadata
+        step neither applies nor records them."""
+        return self.options & {
+            ProfileOption.CLEAN_PIXEL_DATA,
+            ProfileOption.CLEAN_RECOGNIZABLE_VISUAL_FEATURES,
+        }
+
     def rule(self, tag: int) -> Rule:
         """The rule for a public (even group) tag."""
         rule = self._cache.get(tag)

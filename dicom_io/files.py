@@ -144,10 +144,10 @@ def write_atomic(data: bytes, path: str | Path, *, fsync: bool = True) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise RetryableError(f"cannot write output file: {exc.strerror}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
     if fsync:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -190,7 +190,7 @@ def write_files_atomic(
                 os.close(fd)
             temps.append((i, tmp, path))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             errors[i] = RetryableError(f"cannot write output file: {exc.strerror}")
     if fsync and temps:
         with ThreadPoolExecutor(max_workers=min(16, len(temps))) as pool:
@@ -198,7 +198,7 @@ def write_files_atomic(
         for (i, tmp, _), failure in zip(temps, done, strict=True):
             if failure is not None:
                 errors[i] = RetryableError(f"cannot write output file: {failure.strerror}")
-                tmp.unlink(missing_ok=True)
+                _discard(tmp)
     folders: set[Path] = set()
     for i, tmp, path in temps:
         if errors[i] is not None:
@@ -207,12 +207,19 @@ def write_files_atomic(
             os.replace(tmp, path)
             folders.add(path.parent)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             errors[i] = RetryableError(f"cannot write output file: {exc.strerror}")
     if fsync and folders:
         with ThreadPoolExecutor(max_workers=min(16, len(folders))) as pool:
             list(pool.map(lambda d: _try(_fsync_path, d, True), folders))
     return errors
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _try(fn: Any, *args: Any) -> OSError | None:
