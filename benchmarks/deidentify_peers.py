@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import os
+import pickle
 import re
 import resource
 import shutil

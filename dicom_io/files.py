@@ -12,6 +12,7 @@ crash leaves at most a hidden temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
@@ -216,10 +217,8 @@ def write_files_atomic(
 
 
 def _discard(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _try(fn: Any, *args: Any) -> OSError | None:

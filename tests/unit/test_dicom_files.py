@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pydicom
-import pytest
 import pydicom.data
+import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 

@@ -88,11 +88,11 @@ def test_bad_safe_private_rules_name_the_key(key_file: Path, rule: dict, message
 
 def test_unknown_profile_and_bad_trial_values(key_file: Path) -> None:
     cfg = parse_config(_cfg(key_file))
-    with pytest.raises(ConfigError, match="profiles.nope: no such profile"):
+    with pytest.raises(ConfigError, match=r"profiles\.nope: no such profile"):
         build_profile(cfg, "nope")
     data = _cfg(key_file)
     data["site"] = {"id": "S" * 65}
-    with pytest.raises(ConfigError, match="site.id"):
+    with pytest.raises(ConfigError, match=r"site\.id"):
         trial_subject(parse_config(data))
     data = _cfg(key_file)
     data["project"]["subject_id_prefix"] = "has space"

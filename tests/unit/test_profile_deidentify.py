@@ -272,6 +272,7 @@ def test_not_an_instance_is_refused() -> None:
         _deid().deidentify(dicomdir)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the values planted here
 def test_wrong_vr_and_bad_values_give_valid_output() -> None:
     ds = _ct()
     ds.StudyDate = "not a date"

@@ -84,6 +84,7 @@ def _value(row: TableRow, n: int) -> Any:
     item.CodeValue = "T-A0100"
     item.CodingSchemeDesignator = "SRT"
     item.CodeMeaning = "Brain"
+    item.ReferencedSOPInstanceUID = f"1.2.826.0.1.3680043.10.{n}"
     return Sequence([item])
 
 
@@ -136,24 +137,40 @@ def _original(row: TableRow, n: int) -> Any:
     return str(value)
 
 
-def _matches(code: str, row: TableRow, got: Any, original: Any, shift: int) -> bool:
+def _mapped(original: Any) -> Any:
+    """A planted sequence as the table's own rows leave it: its Referenced SOP Instance UID
+    replaced by the keyed pseudonym."""
+    pseudo = Pseudonymizer(KEY)
+    items = tuple(
+        tuple((t, pseudo.uid(v) if t == 0x00081155 else v) for t, v in item) for item in original[1]
+    )
+    return ("SQ", items)
+
+
+def _matches(
+    code: str, row: TableRow, got: Any, original: Any, shift: int, uids_kept: bool = False
+) -> bool:
     """Whether an outcome is what the action code means for this attribute."""
     vr = _vr(row)
     if "/" in code:
-        return any(_matches(c.rstrip("*"), row, got, original, shift) for c in code.split("/"))
+        return any(
+            _matches(c.rstrip("*"), row, got, original, shift, uids_kept) for c in code.split("/")
+        )
     if code == "X":
         return got is None
     if code == "Z":
         return got in ("", b"", ("SQ", ()))
+    if vr == "SQ" and code in ("K", "U", "C"):
+        # Kept (cleaned: codes of a published scheme survive); inside, each attribute follows its
+        # own row: the Referenced SOP Instance UID is replaced unless Retain UIDs keeps it.
+        return got == (original if uids_kept else _mapped(original))
     if code == "K":
         return got == original
     if code == "D":
         if vr == "SQ":  # items kept, every value in them a dummy
-            return got is not None and len(got[1]) == 1 and got != original
+            return got is not None and len(got[1]) == 1 and got not in (original, _mapped(original))
         return got not in (None, "", b"") and got != original
     if code == "U":
-        if vr == "SQ":  # a reference sequence: kept, the UIDs inside replaced (none here)
-            return got == original
         return got == Pseudonymizer(KEY).uid(str(original))
     assert code == "C", code
     if vr in ("DA", "DT"):
@@ -162,8 +179,6 @@ def _matches(code: str, row: TableRow, got: Any, original: Any, shift: int) -> b
         return got == original
     if vr in _BINARY:
         return got == bytes(len(original))  # zeroed, size kept
-    if vr == "SQ":  # cleaned: codes of a published scheme survive
-        return got == original
     if vr in ("LO", "LT", "ST", "UT", "UC", "SH", "CS"):
         return got == clean_text(str(original))
     return got == original  # numbers and ages carry no identity
@@ -185,17 +200,23 @@ def _check_level(
         ):  # patient ID / name: keyed pseudonyms, checked elsewhere
             continue
         cell = row.option_action(option)
+        kept = option is ProfileOption.RETAIN_UIDS
         got_basic, got = _outcome(basic, tag), _outcome(with_option, tag)
         original = _original(row, n + offset)
         if not _matches(row.basic, row, got_basic, original, shift):
             problems.append(f"{row.tag} {row.name}: basic {row.basic} gave {got_basic!r}")
         if cell is None:
-            if got != got_basic:
+            # Unchanged, except inside a kept sequence whose nested rows the option changes
+            # (Retain UIDs keeps the Referenced SOP Instance UID there): that is its own row.
+            same = got == got_basic or (
+                kept and isinstance(got, tuple) and got_basic == _mapped(got)
+            )
+            if not same:
                 problems.append(f"{row.tag} {row.name}: changed without a table entry")
         else:
-            if not _matches(cell, row, got, original, shift):
+            if not _matches(cell, row, got, original, shift, kept):
                 problems.append(f"{row.tag} {row.name}: {cell} under the option gave {got!r}")
-            if _matches(cell, row, got_basic, original, shift) and cell != row.basic:
+            if _matches(cell, row, got_basic, original, shift, kept) and cell != row.basic:
                 problems.append(f"{row.tag} {row.name}: the option made no difference")
     return problems
 
