@@ -18,6 +18,9 @@ from gateway.commands import err
 COMMAND_MODULES = [
     "gateway.commands.config",
     "gateway.commands.deidentify",
+    "gateway.commands.serve",
+    "gateway.commands.model",
+    "gateway.commands.flowedit",
 ]
 
 app = typer.Typer(
