@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import re
-import struct
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +38,18 @@ from deid_core.options import BASIC_PROFILE_CODE, OPTION_CODES, TABLE_COLUMNS, P
 from deid_core.profile import Category, ConfidentialityProfile, Rule, keyword_of
 from deid_core.pseudonyms import Pseudonymizer
 from deid_core.standard import load_table
+from deid_core.values import (
+    BINARY_VRS,
+    DUMMY,
+    DUMMY_CODE_TAGS,
+    FREE_TEXT_VRS,
+    KNOWN_CODING_SCHEMES,
+    NEVER,
+    STRING_VRS,
+    TEMPORAL_KEPT,
+    VALID_AE,
+    encode_value,
+)
 
 #: This implementation's UID (File Meta Information), fixed for the project.
 IMPLEMENTATION_CLASS_UID = "2.25." + str(
@@ -57,107 +67,7 @@ _PATIENT_NAME = 0x00100010
 _SOP_CLASS = 0x00080016
 _SOP_INSTANCE = 0x00080018
 _STUDY_UID = 0x0020000D
-_SPECIFIC_CHARSET = 0x00080005
 
-_DUMMY_TEXT = "ANONYMIZED"
-_DUMMY: dict[str, Any] = {
-    "AE": _DUMMY_TEXT,
-    "AS": "000Y",
-    "CS": _DUMMY_TEXT,
-    "DA": "19000101",
-    "DT": "19000101000000",
-    "TM": "000000",
-    "DS": "0",
-    "IS": "0",
-    "LO": _DUMMY_TEXT,
-    "LT": _DUMMY_TEXT,
-    "PN": "ANONYMOUS",
-    "SH": _DUMMY_TEXT,
-    "ST": _DUMMY_TEXT,
-    "UC": _DUMMY_TEXT,
-    "UT": _DUMMY_TEXT,
-    "UR": "urn:deid-gateway:removed",
-    "US": 0,
-    "SS": 0,
-    "UL": 0,
-    "SL": 0,
-    "FL": 0.0,
-    "FD": 0.0,
-    "SV": 0,
-    "UV": 0,
-    "AT": 0,
-    "OB": b"\x00" * 8,
-    "OW": b"\x00" * 8,
-    "OF": b"\x00" * 8,
-    "OD": b"\x00" * 8,
-    "OL": b"\x00" * 8,
-    "OV": b"\x00" * 8,
-    "UN": b"\x00" * 8,
-}
-#: Dummies for the attributes of a coded entry in dummy mode: a valid code that says nothing.
-_DUMMY_CODE = {
-    "CodeValue": "DEID",
-    "CodingSchemeDesignator": "99DEID",
-    "CodeMeaning": "De-identified",
-    "LongCodeValue": "DEID",
-    "URNCodeValue": "urn:deid-gateway:removed",
-}
-_DUMMY_CODE_TAGS = {int(tag_for_keyword(k)): v for k, v in _DUMMY_CODE.items()}  # type: ignore[arg-type]
-_STRING_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}
-    | {"UR", "UT"}
-)
-_BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
-_FREE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
-#: Values a day shift leaves unchanged, kept only when they are exactly that (no text).
-_TEMPORAL_KEPT = {
-    "TM": re.compile(
-        r"^(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?(\\(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)*$"
-    ),
-    "SH": re.compile(r"^[+-]\d{4}$"),
-}
-_NEVER = re.compile(r"(?!)")
-_VALID_AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{0,16}$")
-
-
-#: Coding schemes published by standards bodies (PS3.16 Table 8-1): their codes and meanings are
-#: fixed by the scheme, so they survive cleaning. Local schemes ("99...") do not.
-KNOWN_CODING_SCHEMES = frozenset(
-    {
-        "DCM",
-        "SCT",
-        "SRT",
-        "SNM3",
-        "LN",
-        "I10",
-        "I10P",
-        "I9",
-        "I9C",
-        "ICD10",
-        "ICDO3",
-        "UCUM",
-        "RADLEX",
-        "NCIt",
-        "MSH",
-        "UMLS",
-        "FMA",
-        "NEU",
-        "MDC",
-        "ACR",
-        "HL7",
-        "RXNORM",
-        "NDC",
-        "CPT4",
-        "C4",
-        "C5",
-        "ATC",
-        "NCDR",
-        "BARI",
-        "CAS",
-        "PUBCHEM_CID",
-        "UBERON",
-    }
-)
 _ACTIONS = {a.value: a for a in Action}
 _MODE_CATEGORIES = frozenset({Category.KEEP, Category.CODE, Category.TEXT})
 # (codes are settled by context in every mode; see _Run._mode_code)
@@ -227,44 +137,6 @@ def record_method(ds: Dataset, option: ProfileOption | None, note: str | None = 
         ds.BurnedInAnnotation = "NO"
     elif option is ProfileOption.CLEAN_RECOGNIZABLE_VISUAL_FEATURES:
         ds.RecognizableVisualFeatures = "NO"
-
-
-_NUMBER_FORMATS = {
-    "US": "H",
-    "SS": "h",
-    "UL": "I",
-    "SL": "i",
-    "FL": "f",
-    "FD": "d",
-    "SV": "q",
-    "UV": "Q",
-    "AT": "I",
-}
-
-
-def _encode_value(vr: str, value: Any, little: bool) -> bytes | None:
-    """Bytes of a value this module writes, or None when pydicom's encoder must do it (text
-    outside ASCII, which depends on the Specific Character Set)."""
-    if value is None or value == "" or value == b"":
-        return b""
-    if isinstance(value, str):
-        if vr not in _STRING_VRS or not value.isascii():
-            return None
-        data = value.encode("ascii")
-        if len(data) % 2:
-            data += b"\x00" if vr == "UI" else b" "
-        return data
-    if isinstance(value, bytes):
-        if vr not in _BINARY_VRS:
-            return None
-        return value + b"\x00" if len(value) % 2 else value
-    if isinstance(value, int | float) and vr in _NUMBER_FORMATS:
-        if vr == "AT":
-            value = int(value)
-            fmt = ("<" if little else ">") + "HH"
-            return struct.pack(fmt, value >> 16, value & 0xFFFF)
-        return struct.pack(("<" if little else ">") + _NUMBER_FORMATS[vr], value)
-    return None
 
 
 def _keep(elem: DataElement | RawDataElement) -> DataElement | RawDataElement:
@@ -347,7 +219,7 @@ class _Run:
         raw element costs a fraction of a DataElement to build and to write)."""
         implicit, little = self.encoding
         if implicit is not None:
-            data = _encode_value(vr, value, bool(little))
+            data = encode_value(vr, value, bool(little))
             if data is not None:
                 return RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, bool(little))
         return DataElement(tag, vr, value)
@@ -463,7 +335,7 @@ class _Run:
             return "K" if self._text(src, scheme).strip() in KNOWN_CODING_SCHEMES else "D"
         if rule.category == Category.TEXT:
             return "C" if mode is Mode.CLEAN else rule.code
-        if vr in _FREE_TEXT_VRS:
+        if vr in FREE_TEXT_VRS:
             return "D" if mode is Mode.DUMMY else "C"
         return rule.code
 
@@ -498,9 +370,9 @@ class _Run:
 
     @staticmethod
     def _empty(vr: str) -> Any:
-        if vr in _STRING_VRS:
+        if vr in STRING_VRS:
             return ""
-        if vr in _BINARY_VRS:
+        if vr in BINARY_VRS:
             return b""
         return None
 
@@ -508,10 +380,10 @@ class _Run:
         if vr == "UI":
             original = self._text(src, elem)
             return self._uids(original) if original else self.pseudo.uid(f"dummy:{tag:08X}")
-        code = _DUMMY_CODE_TAGS.get(tag)
+        code = DUMMY_CODE_TAGS.get(tag)
         if code is not None:
             return code
-        return _DUMMY.get(vr, b"")
+        return DUMMY.get(vr, b"")
 
     def _uids(self, text: str) -> str:
         out = []
@@ -531,31 +403,31 @@ class _Run:
     ) -> DataElement | RawDataElement | None:
         """The C action, by VR (see the module docstring of deid_core.clean for text)."""
         if rule.option is ProfileOption.RETAIN_LONGITUDINAL_MODIFIED_DATES or vr in ("DA", "DT"):
-            if vr in _BINARY_VRS:  # binary timestamps: no day shift can be applied
+            if vr in BINARY_VRS:  # binary timestamps: no day shift can be applied
                 return self._make(tag, vr, bytes(len(self._raw_bytes(src, elem))))
             text = self._text(src, elem)
             if vr in ("DA", "DT"):
                 shifted = shift_values(text, vr, self.shift) if self.shift is not None else None
                 if shifted is not None:
                     return self._make(tag, vr, shifted)
-            elif _TEMPORAL_KEPT.get(vr, _NEVER).match(text):
+            elif TEMPORAL_KEPT.get(vr, NEVER).match(text):
                 # Times of day and UTC offsets: a shift by whole days leaves them as they are.
                 return _keep(elem)
             # Not a valid value of its kind, or no shift in this profile: the basic action.
             return self._basic(tag, vr, depth, "+0000" if vr == "SH" else None)
-        if vr in _BINARY_VRS:  # overlay/curve data, maker notes: zeroed, size kept
+        if vr in BINARY_VRS:  # overlay/curve data, maker notes: zeroed, size kept
             return self._make(tag, vr, bytes(len(self._raw_bytes(src, elem))))
         if vr == "UI":
             return self._make(tag, vr, self._uids(self._text(src, elem)))
         if vr == "PN":
-            return self._make(tag, vr, _DUMMY["PN"])
+            return self._make(tag, vr, DUMMY["PN"])
         if vr == "AE":
             # Under Retain Device Identity: an AE title names a device, and is kept when it is a
             # valid AE title (at most 16 characters: no room for free text).
             text = self._text(src, elem)
-            if all(_VALID_AE.match(v) for v in text.split("\\")):
+            if all(VALID_AE.match(v) for v in text.split("\\")):
                 return _keep(elem)
-            return self._make(tag, vr, _DUMMY[vr])
+            return self._make(tag, vr, DUMMY[vr])
         if vr == "CS":
             # A coded string is kept when each of its words is known vocabulary (and in overlay
             # and curve groups, whose coded strings are enumerated types such as "G" or "R").
@@ -565,7 +437,7 @@ class _Run:
             ):
                 return _keep(elem)
             return self._basic(tag, vr, depth)
-        if vr in _FREE_TEXT_VRS:
+        if vr in FREE_TEXT_VRS:
             values = [clean_text(v) for v in self._text(src, elem).split("\\")]
             if not any(values):
                 # Nothing survives cleaning: do what the basic profile does (keeps a Type 1
@@ -597,7 +469,7 @@ class _Run:
             return None
         if action is Action.ZERO:
             return self._make(tag, vr, self._empty(vr))
-        return self._make(tag, vr, dummy if dummy is not None else _DUMMY.get(vr, ""))
+        return self._make(tag, vr, dummy if dummy is not None else DUMMY.get(vr, ""))
 
     def _raw_bytes(self, src: Dataset, elem: DataElement | RawDataElement) -> bytes:
         value = elem.value if isinstance(elem, RawDataElement) else self._value(src, elem)
