@@ -94,7 +94,7 @@ def _process_chunk(paths: list[str]) -> list[Outcome]:
             )
             pending.append((path, str(name), encode_dataset(result)))
         except DeidGatewayError as exc:
-            status = "skipped" if "DICOMDIR" in str(exc) else "failed"
+            status = "skipped" if _DICOMDIR_REASON in str(exc) else "failed"
             outcomes.append(Outcome(path, status, str(exc)))
         except Exception as exc:  # a bug: report it per file and keep the batch going
             outcomes.append(Outcome(path, "failed", f"internal error ({type(exc).__name__})"))
