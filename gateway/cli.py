@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "gateway.commands.config",
     "gateway.commands.deidentify",
     "gateway.commands.serve",
+    "gateway.commands.review",
     "gateway.commands.model",
     "gateway.commands.flowedit",
 ]

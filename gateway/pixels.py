@@ -29,6 +29,11 @@ class PixelContext:
     study_key: str
     #: Deterministic per instance and project key, for steps that draw random noise.
     seed: int
+    #: A reviewer released this instance from quarantine accepting the step's result despite its
+    #: gate (e.g. a lesion IoU below threshold): a gating step must still do its work (edit the
+    #: pixels, deterministically as before) and accept the result instead of rejecting it.
+    #: Steps without a gate ignore it; a step that rejects anyway sends it back to quarantine.
+    waive_gate: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,14 @@ class QuarantineBurnedIn:
 
 
 PixelStepFactory = Callable[[GatewayConfig], PixelStep]
+
+#: The built-in steps, which load no model. Any other step (e.g. "flowedit") is taken to load one
+#: when it is built: the pipeline reports its load time (`ModelLoaded`) and the node adds a
+#: `model_loaded` readiness check. A step may also offer its own readiness checks by defining
+#: ``readiness_checks() -> Mapping[str, Callable[[], bool | None]]`` (e.g. ``{"model_loaded":
+#: ...}`` for a model loaded in the background); the node registers them at start-up, replacing a
+#: check of the same name.
+MODEL_FREE_STEPS = frozenset({"none", "quarantine_burned_in"})
 
 _FACTORIES: dict[str, PixelStepFactory] = {
     "none": lambda cfg: NoPixelStep(),

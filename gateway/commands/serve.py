@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,17 +17,14 @@ CONFIG_OPTION = typer.Option("--config", "-c", help="YAML configuration file")
 
 
 def serve(config: Annotated[Path, CONFIG_OPTION]) -> None:
-    """Run the gateway in the foreground (structured logs on stderr) until SIGTERM or Ctrl-C."""
-    from gateway.eventlog import EventLog
-    from gateway.events import EventBus
+    """Run the gateway in the foreground until SIGTERM or Ctrl-C: structured logs on stderr,
+    /metrics, /healthz and /readyz on the `metrics` address."""
     from gateway.node import GatewayNode
 
     cfg = load_config(config)
     configure_logging(cfg.logging.level, cfg.logging.format)
     key = cfg.load_key()
-    events = EventBus()
-    events.subscribe(EventLog())
-    node = GatewayNode(cfg, key, events)
+    node = GatewayNode(cfg, key)
     try:
         node.start()
         node.serve_forever()
@@ -46,6 +44,16 @@ def _open(config: Path) -> tuple[Any, Any]:
     cfg = load_config(config)
     configure_logging("warning", cfg.logging.format)
     return cfg, Storage.open(cfg)
+
+
+def _operator() -> str:
+    """Who decides on the command line, for the journal and the audit trail."""
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "cli:uid" + str(os.getuid())
 
 
 def _when(ts: float) -> str:
@@ -115,10 +123,19 @@ def quarantine_release(
         bool,
         typer.Option("--accept-pixels", help="skip the pixel step: a person checked the pixels"),
     ] = False,
+    waive_gate: Annotated[
+        bool,
+        typer.Option(
+            "--waive-gate",
+            help="run the pixel step again and accept its result despite its gate "
+            "(e.g. a lesion IoU below threshold): a person checked the edit",
+        ),
+    ] = False,
     note: Annotated[str, typer.Option("--note", help="recorded with the decision")] = "",
 ) -> None:
     """Send an entry back in: a dead letter to its outbox, anything else to the pipeline."""
     from deid_core.errors import ConfigError
+    from gateway.review.audit import AuditAction, AuditTrail
 
     cfg, storage = _open(config)
     try:
@@ -130,7 +147,17 @@ def quarantine_release(
             outbox=storage.outbox,
             route=route,
             accept_pixels=accept_pixels,
+            waive_gate=waive_gate,
             operator_note=note,
+            decided_by=_operator(),
+        )
+        AuditTrail(storage.journal).record(
+            _operator(),
+            "operator",
+            AuditAction.RELEASE,
+            entry_id=entry_id,
+            why=note,
+            outcome=message,
         )
         out.print(f"{entry_id}: {message}")
     finally:
@@ -144,9 +171,19 @@ def quarantine_purge(
     note: Annotated[str, typer.Option("--note", help="recorded with the decision")] = "",
 ) -> None:
     """Delete an entry for good (files overwritten with zeros, then removed)."""
+    from gateway.review.audit import AuditAction, AuditTrail
+
     _, storage = _open(config)
     try:
-        storage.quarantine.purge(entry_id, operator_note=note)
+        storage.quarantine.purge(entry_id, operator_note=note, decided_by=_operator())
+        AuditTrail(storage.journal).record(
+            _operator(),
+            "operator",
+            AuditAction.PURGE,
+            entry_id=entry_id,
+            why=note,
+            outcome="purged",
+        )
         out.print(f"{entry_id}: purged")
     finally:
         storage.close()
