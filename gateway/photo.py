@@ -36,8 +36,8 @@ import numpy as np
 from pydicom import Dataset
 
 from deid_core.errors import ConfigError, DeidGatewayError, PermanentError, RetryableError
-from deid_core.model_dir import verify_model_dir
-from deid_core.options import OPTION_CODES, ProfileOption
+from deid_core.model_dir import TEST_MODEL_NOTICE, verify_model_dir
+from deid_core.options import ProfileOption
 from gateway.config import FlowEditRouteConfig, GatewayConfig, RouteTarget
 from gateway.events import QuarantineReason
 from gateway.logs import get_logger
@@ -58,8 +58,9 @@ _REJECTIONS = {
     QuarantineReason.LESION_MASK_UNRELIABLE.value: QuarantineReason.LESION_MASK_UNRELIABLE,
 }
 
-#: Written into De-identification Method beside the option when a test model made the pixels.
-TEST_MODEL_NOTE = "TEST MODEL, random weights"
+#: Written into De-identification Method beside the option when a test model made the pixels
+#: (the line must fit LO's 64 characters).
+TEST_MODEL_NOTE = "TEST MODEL"
 
 
 def flowedit_routes(cfg: GatewayConfig) -> dict[str, tuple[str, FlowEditRouteConfig]]:
@@ -306,7 +307,7 @@ def _artifacts(
     original and the edit as PNG (the names the review station looks for)."""
     from deid_core.qa_panel import render_panel
 
-    note = f"made by a {TEST_MODEL_NOTE}" if test_model else None
+    note = TEST_MODEL_NOTICE if test_model else None
     return {
         "panel.png": render_panel(original, edited, decision, note=note),
         "original.png": _png(original),
@@ -347,34 +348,10 @@ class PixelStepFailed(PermanentError):
 def record_visual_features_cleaned(ds: Dataset, test_model: bool) -> None:
     """Recognizable Visual Features NO, and Clean Recognizable Visual Features in De-identification
     Method (Code Sequence); a TEST MODEL note when a test model made the pixels."""
+    from deid_core.deidentify import record_method
+
     note = TEST_MODEL_NOTE if test_model else None
-    try:
-        from deid_core.deidentify import record_method  # issue 2
-    except ImportError:  # until issue 2 is on main: the same record, written here
-        _record_method_stand_in(ds, note)
-        return
     record_method(ds, ProfileOption.CLEAN_RECOGNIZABLE_VISUAL_FEATURES, note)
-
-
-def _record_method_stand_in(ds: Dataset, note: str | None) -> None:
-    from pydicom.sequence import Sequence as DicomSequence
-
-    code, meaning = OPTION_CODES[ProfileOption.CLEAN_RECOGNIZABLE_VISUAL_FEATURES]
-    item = Dataset()
-    item.CodeValue = code
-    item.CodingSchemeDesignator = "DCM"
-    item.CodeMeaning = meaning
-    seq = list(ds.get("DeidentificationMethodCodeSequence", []))
-    if not any(getattr(i, "CodeValue", None) == code for i in seq):
-        seq.append(item)
-    ds.DeidentificationMethodCodeSequence = DicomSequence(seq)
-    current = ds.get("DeidentificationMethod")
-    methods = [] if current is None else [current] if isinstance(current, str) else list(current)
-    line = (meaning if note is None else f"{meaning}: {note}")[:64]
-    if line not in methods:
-        methods.append(line)
-    ds.DeidentificationMethod = methods if len(methods) > 1 else methods[0]
-    ds.RecognizableVisualFeatures = "NO"
 
 
 class FlowEditStep:

@@ -37,11 +37,6 @@ from tests.support.orthanc import Orthanc, require_orthanc
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
-pytest.importorskip(
-    "gateway.profiles",
-    reason="needs issue 2's de-identifier (Clinical Trial attributes, keyed date shifts)",
-)
-
 OTHER_KEY = "another-research-project-key-0123456789abcdef"
 PATIENT_ID = "PID-FED-0042"
 PATIENT_NAME = "FEDERATED^PATIENT"

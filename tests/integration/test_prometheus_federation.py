@@ -96,4 +96,3 @@ def test_one_prometheus_sees_every_site(tmp_path: Path) -> None:
     assert {s["metric"]["site"] for s in series} == {"SITE-A", "SITE-B"}
     assert len({s["metric"]["key_fingerprint"] for s in series}) == 1
     assert all(s["metric"]["job"] == "deid-gateway" for s in series)  # the sites' own labels
-    assert {s["metric"]["project"] for s in series} == {"EXAMPLE-PROTOCOL"}
