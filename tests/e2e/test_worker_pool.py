@@ -34,7 +34,7 @@ from tests.support.gateway import (
 )
 from tests.support.netns import NetNamespace
 from tests.support.orthanc import Orthanc, require_orthanc
-from tests.support.photos import Photo, photo_route, write_photos
+from tests.support.photos import Photo, keep_and_edit_routes, write_photos
 from tests.support.workerpool import (
     BROKER_URL,
     WorkerPool,
@@ -78,7 +78,7 @@ class Run:
         worker_config = {
             "project": {"key": {"env": "UNUSED_BY_WORKERS"}},
             "destinations": {"archive": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": 1}},
-            "routes": [photo_route(self.model, ["archive"])],
+            "routes": keep_and_edit_routes(self.model, ["archive"]),
             "executor": _executor(self.queue, self.queue + ".unused"),
             "logging": {"level": "info"},
         }
@@ -93,7 +93,7 @@ class Run:
             destinations={
                 "archive": destination(orthanc.host, orthanc.dicom_port, orthanc.ae_title)
             },
-            routes=[photo_route(self.model, ["archive"])],
+            routes=keep_and_edit_routes(self.model, ["archive"]),
             executor=_executor(self.queue, result_queue),
         )
         return parse(data)
@@ -169,7 +169,8 @@ def _account_for_every_photograph(
         assert original.SOPInstanceUID not in quarantined_originals  # quarantined once
         quarantined_originals[original.SOPInstanceUID] = row.reason
     sent = {p.sop_instance_uid for p in photos}
-    assert set(quarantined_originals) <= sent
+    # route "edit" (secondary captures, the tiny model) is always rejected, route "keep" never
+    assert set(quarantined_originals) == {p.sop_instance_uid for p in photos if p.secondary_capture}
     expected = {pipeline.derived_uid(uid, "flowedit") for uid in sent - set(quarantined_originals)}
     in_archive = {
         orthanc.tags(i)["SOPInstanceUID"] for i in orthanc.instances()

@@ -39,9 +39,8 @@ from tests.support.gateway import (
 from tests.support.photos import (
     PATIENT_ID,
     PATIENT_NAME,
-    SECONDARY_CAPTURE,
     VL_PHOTOGRAPHIC,
-    photo_route,
+    keep_and_edit_routes,
     write_photos,
 )
 
@@ -68,15 +67,11 @@ def healing_twin(images: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
 
 def _config(tmp_path: Path, model: Path, port: int) -> GatewayConfig:
     gate = {"method": "twin", "threshold": 0.67}
-    keep = photo_route(model, ["archive"], name="keep", gate=gate, params={"n_max": 0})
-    keep["match"] = {"sop_class": [VL_PHOTOGRAPHIC]}
-    edit = photo_route(model, ["archive"], name="edit", gate=gate)
-    edit["match"] = {"sop_class": [SECONDARY_CAPTURE]}
     data = config_dict(
         tmp_path / "gw",
         make_key_file(tmp_path),
         destinations={"archive": destination("127.0.0.1", port, "ARCHIVE")},
-        routes=[keep, edit],
+        routes=keep_and_edit_routes(model, ["archive"], gate),
     )
     return parse(data)
 

@@ -44,6 +44,7 @@ class Photo:
     sop_instance_uid: str
     study_instance_uid: str
     lesion: bool
+    secondary_capture: bool = False
 
 
 def photo_dataset(
@@ -140,7 +141,7 @@ def write_photos(
         )
         path = folder / f"photo_{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
-        photos.append(Photo(path, sop, study, lesion))
+        photos.append(Photo(path, sop, study, lesion, secondary_capture=i % 2 == 1))
     return photos
 
 
@@ -167,3 +168,17 @@ def photo_route(
             "gate": gate or {"method": "synthesis_free", "threshold": 0.5},
         },
     }
+
+
+def keep_and_edit_routes(
+    model_dir: Path, destinations: list[str], gate: dict[str, object] | None = None
+) -> list[dict[str, object]]:
+    """Two flowedit routes on the tiny model, so that a test sees both of the gate's answers:
+    "keep" (VL Photographic) runs with n_max 0, an edit that returns its input, so the lesion
+    survives and the gate accepts; "edit" (secondary captures) runs the tiny random model, whose
+    output keeps no lesion, so the gate rejects. Both go through the whole pixel-job path."""
+    keep = photo_route(model_dir, destinations, name="keep", gate=gate, params={"n_max": 0})
+    keep["match"] = {"sop_class": [VL_PHOTOGRAPHIC]}
+    edit = photo_route(model_dir, destinations, name="edit", gate=gate)
+    edit["match"] = {"sop_class": [SECONDARY_CAPTURE]}
+    return [keep, edit]
