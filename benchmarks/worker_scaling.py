@@ -9,15 +9,19 @@ with C cores, more than C workers only share the cores).
 2. Scaling: `deid-gateway worker` processes on one jobs queue, started one after another (1, then 2,
    then 4); at each size the gateway's Celery executor submits a burst of jobs and waits for every
    result. Photographs per second and the ratio to one worker.
+   Then the same with a simulated device-bound model (--simulated-model-s, 0.5 s by default): the
+   real worker code (Celery app, task, heartbeats, result publishing) around an engine that waits
+   as a GPU-bound worker process does (its CPU idle), so the dispatch's own scaling shows apart
+   from the contention of several CPU-bound workers on a few cores.
 3. Gateway overhead per photograph, at the size of a real clinical photograph (--overhead-size,
    1024 px by default), with no model: (a) the pipeline around a pixel job (read the spool, decode
    the frames, keyed seeds, metadata de-identification at submission and again at completion, the
    derived instance, its encoding, the outbox and journal writes), with an executor that answers at
    once in process; (b) the trip through the broker: a job on a route whose edit returns its input
-   (n_max 0), one at a time on one worker, minus the worker's own edit and gate time (JSON and
-   base64 both ways, two broker hops with publisher confirms). The sum is compared with the real
-   model's cost per photograph projected in issue 4 (SD3-medium on the H200: 2.22 s at 100 % MFU,
-   3.70 s at 60 %).
+   (n_max 0), one at a time on one worker, minus the worker's own edit and gate time (MessagePack
+   both ways, two broker hops with publisher confirms, persistent messages). The sum is compared
+   with the real model's cost per photograph projected in issue 4 (SD3-medium on the H200: 2.22 s
+   at 100 % MFU, 3.70 s at 60 %).
 
     python benchmarks/worker_scaling.py                    # 1, 2, 4 workers; 1024 px overhead
     python benchmarks/worker_scaling.py --workers 1 2 --jobs 16 --size 64
@@ -128,13 +132,57 @@ def model_time(cfg: Any, size: int, repeats: int) -> dict[str, float]:
 # --- 2. the pool ---------------------------------------------------------------------------------
 
 
+class SimulatedEngine:
+    """A worker engine whose "model" waits `seconds` per frame, CPU idle, like a process waiting
+    on its GPU, then returns the photograph unchanged as accepted."""
+
+    is_test_model = True
+
+    def __init__(self, routes: list[str], seconds: float) -> None:
+        self.routes = {name: None for name in routes}
+        self.seconds = seconds
+
+    def run(self, jobs: list[Any]) -> list[Any]:
+        from gateway.pixel_jobs import PixelResult
+
+        out = []
+        for job in jobs:
+            time.sleep(self.seconds * job.frames.shape[0])
+            out.append(
+                PixelResult(
+                    job_id=job.job_id,
+                    route=job.route,
+                    status="accepted",
+                    frames=job.frames,
+                    reason="accepted",
+                    provenance="simulated device-bound model (benchmark)",
+                    test_model=True,
+                    edit_seconds=self.seconds * job.frames.shape[0],
+                )
+            )
+        return out
+
+
+def run_simulated_worker(config: Path, name: str, seconds: float) -> None:
+    """The worker process of the simulated runs (started by this script)."""
+    from gateway.config import load_config
+    from gateway.workerpool import serve_jobs
+
+    cfg = load_config(config)
+    engine = SimulatedEngine([r.name for r in cfg.routes], seconds)
+    serve_jobs(cfg, engine, name=name)  # type: ignore[arg-type]
+
+
 class Pool:
     """Worker processes and the gateway-side executor that feeds them."""
 
-    def __init__(self, folder: Path, config_path: Path, cfg: Any) -> None:
+    def __init__(
+        self, folder: Path, config_path: Path, cfg: Any, simulated_s: float | None = None
+    ) -> None:
         from gateway.workerpool import CeleryExecutor
 
         self.folder = folder
+        self.simulated_s = simulated_s
         self.config_path = config_path
         self.procs: list[subprocess.Popen[bytes]] = []
         self.executor = CeleryExecutor(cfg.executor, cfg.executor.result_queue)
@@ -152,12 +200,13 @@ class Pool:
         while len(self.procs) < count:
             name = f"bench-w{len(self.procs) + 1}"
             log = (self.folder / f"{name}.log").open("ab")
+            if self.simulated_s is None:
+                command = [sys.executable, "-m", "gateway", "worker", "--threads", "1"]
+            else:
+                command = [sys.executable, __file__, "--simulated-worker", str(self.simulated_s)]
             self.procs.append(
                 subprocess.Popen(
-                    [
-                        *(sys.executable, "-m", "gateway", "worker"),
-                        *("--config", str(self.config_path), "--threads", "1", "--name", name),
-                    ],
+                    [*command, "--config", str(self.config_path), "--name", name],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
@@ -191,6 +240,33 @@ class Pool:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.executor.stop(10)
+
+
+def simulated_scaling(
+    folder: Path, config_path: Path, cfg: Any, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    from tests.support.workerpool import delete_broker_objects
+
+    seconds = args.simulated_model_s
+    print(f"worker pool, simulated device-bound model ({seconds} s per photograph):", flush=True)
+    pool = Pool(folder / "simulated", config_path, cfg, simulated_s=seconds)
+    (folder / "simulated").mkdir(exist_ok=True)
+    try:
+        rows = scaling(pool, sorted(args.workers), max(args.jobs, 8 * max(args.workers)), 64)
+    finally:
+        pool.close()
+        queue = cfg.executor.queue
+        delete_broker_objects([queue], [])
+    base = rows[0]["photos_per_s"]
+    for row in rows:
+        row["ratio_to_one"] = row["photos_per_s"] / base
+        row["ideal_photos_per_s"] = row["workers"] / seconds
+    print(
+        "  ratios to one worker: "
+        + ", ".join(f"{r['workers']}: {r['ratio_to_one']:.2f}x" for r in rows),
+        flush=True,
+    )
+    return rows
 
 
 def scaling(pool: Pool, counts: list[int], jobs: int, size: int) -> list[dict[str, Any]]:
@@ -255,6 +331,13 @@ def pipeline_overhead(folder: Path, cfg: Any, size: int, photos: int) -> dict[st
     from tests.support.photos import photo_dataset, skin_image
 
     key = ProjectKey(KEY_TEXT.encode())
+    paths = {
+        "spool_dir": folder / "spool",
+        "outbox_dir": folder / "outbox",
+        "quarantine_dir": folder / "quarantine",
+        "journal": folder / "journal.sqlite",
+    }
+    cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update=paths)})
     storage = Storage.open(cfg)
     executor = InstantExecutor()
     pipeline = Pipeline(
@@ -325,9 +408,11 @@ def transport_overhead(pool: Pool, size: int, repeats: int) -> dict[str, float]:
 
 
 def wire_cost(size: int, repeats: int = 5) -> dict[str, float]:
-    """JSON + base64 of a job and of its result, both ways (CPU only, no broker)."""
+    """MessagePack encoding and decoding of a job and of its result, both ways (CPU only)."""
     from gateway.pixel_jobs import (
         PixelResult,
+        decode,
+        encode,
         job_from_wire,
         job_to_wire,
         result_from_wire,
@@ -339,10 +424,10 @@ def wire_cost(size: int, repeats: int = 5) -> dict[str, float]:
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
-        job_from_wire(json.loads(json.dumps(job_to_wire(job))))
-        result_from_wire(json.loads(json.dumps(result_to_wire(result))))
+        job_from_wire(decode(encode(job_to_wire(job))))
+        result_from_wire(decode(encode(result_to_wire(result))))
         seconds.append(time.perf_counter() - started)
-    mb = len(json.dumps(job_to_wire(job))) / 1e6
+    mb = len(encode(job_to_wire(job))) / 1e6
     return {"wire_ms": 1000 * statistics.median(seconds), "job_message_mb": mb}
 
 
@@ -353,12 +438,24 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="photograph side for the scaling")
     parser.add_argument("--steps", type=int, default=12, help="FlowEdit T for the scaling")
     parser.add_argument("--n-max", type=int, default=8, help="FlowEdit n_max for the scaling")
+    parser.add_argument(
+        "--simulated-model-s",
+        type=float,
+        default=0.5,
+        help="seconds per photograph of the simulated device-bound model (0: skip that run)",
+    )
+    parser.add_argument("--simulated-worker", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--name", help=argparse.SUPPRESS)
     parser.add_argument("--overhead-size", type=int, default=1024)
     parser.add_argument("--overhead-photos", type=int, default=8)
     parser.add_argument(
         "--json", type=Path, default=REPO / "benchmarks" / "results" / "worker_scaling.json"
     )
     args = parser.parse_args()
+    if args.simulated_worker is not None:
+        run_simulated_worker(args.config, args.name, args.simulated_worker)
+        return
 
     from deid_core.models import build_tiny_model
     from gateway.config import parse_config
@@ -384,6 +481,8 @@ def main() -> None:
             f"1 thread): {t['median_s']:.3f} s per photograph = {1 / t['median_s']:.2f}/s",
             flush=True,
         )
+        if args.simulated_model_s > 0:
+            report["simulated"] = simulated_scaling(folder, config_path, cfg, args)
         pool = Pool(folder, config_path, cfg)
         try:
             print("worker pool:", flush=True)
@@ -424,8 +523,11 @@ def main() -> None:
     print(f"gateway overhead per {s}x{s} photograph (no model):", flush=True)
     print(
         f"  pipeline {pipeline['total_ms']:.1f} ms (submit {pipeline['submit_ms']:.1f}, "
-        f"complete {pipeline['complete_ms']:.1f}); of which JSON/base64 both ways "
-        f"{wire['wire_ms']:.1f} ms on a {wire['job_message_mb']:.1f} MB job message"
+        f"complete {pipeline['complete_ms']:.1f})"
+    )
+    print(
+        f"  MessagePack of job and result, both ways: {wire['wire_ms']:.1f} ms "
+        f"({wire['job_message_mb']:.1f} MB job message)"
     )
     print(
         f"  broker trip {transport['transport_ms']:.1f} ms (round trip "

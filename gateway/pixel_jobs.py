@@ -7,16 +7,16 @@ key itself never travels). No attribute of the data set, no UID, no name: the wo
 whose photograph it edits. A result holds the edited frames, or the gate's rejection with its
 figures and QA artifacts, or a failure.
 
-On the wire both are JSON objects (no pickle: a worker or a gateway that decodes a message runs
-no code from it). Pixel arrays travel as base64 of their raw bytes with shape and dtype beside,
-checked on decoding against size limits, so a malformed or hostile message is an
-`InvalidInputError`, never an allocation of arbitrary size.
+On the wire both are plain mappings of numbers, text and bytes, serialised with MessagePack
+(`encode`/`decode`; Celery and kombu are told `msgpack` and accept nothing else). No pickle: a
+worker or a gateway that decodes a message runs no code from it. Pixel arrays travel as their raw
+bytes with shape and dtype beside (JSON would need base64: measured 70-100 ms per 1024x1024
+photograph each way here, against 6 ms for MessagePack), checked on decoding against size limits,
+so a malformed or hostile message is an `InvalidInputError`, never an allocation of arbitrary size.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -119,13 +119,30 @@ def _check_frames(frames: Any, what: str) -> None:
 # --- the wire format -----------------------------------------------------------------------------
 
 
+#: The serialiser of pixel messages (kombu's name for it).
+SERIALIZER = "msgpack"
+
+
+def encode(obj: Mapping[str, Any]) -> bytes:
+    """A wire mapping as MessagePack bytes (bytes stay binary)."""
+    import msgpack
+
+    return bytes(msgpack.packb(obj, use_bin_type=True))
+
+
+def decode(data: bytes) -> Any:
+    """MessagePack bytes back to a wire mapping; InvalidInputError when they are not."""
+    import msgpack
+
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises several types on corrupt input
+        raise InvalidInputError(f"pixel message: not MessagePack ({type(exc).__name__})") from None
+
+
 def _array_to_wire(frames: np.ndarray) -> dict[str, Any]:
     data = np.ascontiguousarray(frames)
-    return {
-        "shape": list(data.shape),
-        "dtype": "uint8",
-        "data": base64.b64encode(data.tobytes()).decode("ascii"),
-    }
+    return {"shape": list(data.shape), "dtype": "uint8", "data": data.tobytes()}
 
 
 def _array_from_wire(obj: Any, what: str) -> np.ndarray:
@@ -142,13 +159,9 @@ def _array_from_wire(obj: Any, what: str) -> np.ndarray:
     count = shape[0] * shape[1] * shape[2] * 3
     if count > 3 * MAX_PIXELS:
         raise InvalidInputError(f"pixel message: {what} exceed {MAX_PIXELS} pixels")
-    text = obj.get("data")
-    if not isinstance(text, str) or len(text) != 4 * ((count + 2) // 3):
-        raise InvalidInputError(f"pixel message: {what} do not match their shape")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInputError(f"pixel message: {what} are not valid base64") from None
+    raw = obj.get("data")
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise InvalidInputError(f"pixel message: {what} are not bytes")
     if len(raw) != count:
         raise InvalidInputError(f"pixel message: {what} do not match their shape")
     return np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()
@@ -207,9 +220,7 @@ def result_to_wire(result: PixelResult) -> dict[str, Any]:
         "frames": None if result.frames is None else _array_to_wire(result.frames),
         "reason": result.reason,
         "details": dict(result.details),
-        "artifacts": {
-            name: base64.b64encode(data).decode("ascii") for name, data in result.artifacts.items()
-        },
+        "artifacts": {name: bytes(data) for name, data in result.artifacts.items()},
         "provenance": result.provenance,
         "test_model": result.test_model,
         "retryable": result.retryable,
@@ -232,21 +243,19 @@ def result_from_wire(obj: Any) -> PixelResult:
     artifacts: dict[str, bytes] = {}
     raw_artifacts = obj.get("artifacts", {})
     if not isinstance(raw_artifacts, dict):
-        raise InvalidInputError("pixel message: artifacts must map file names to base64")
-    for name, text in raw_artifacts.items():
+        raise InvalidInputError("pixel message: artifacts must map file names to bytes")
+    for name, data in raw_artifacts.items():
         if (
             not isinstance(name, str)
-            or not isinstance(text, str)
+            or not isinstance(data, bytes)
             or not name
             or "/" in name
+            or "\\" in name
             or name.startswith(".")
-            or len(text) > 4 * MAX_ARTIFACT_BYTES // 3 + 4
+            or len(data) > MAX_ARTIFACT_BYTES
         ):
             raise InvalidInputError("pixel message: an artifact has a bad name or size")
-        try:
-            artifacts[name] = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInputError("pixel message: an artifact is not valid base64") from None
+        artifacts[name] = data
     frames = obj.get("frames")
     seconds = [obj.get(name, 0.0) for name in ("edit_seconds", "gate_seconds")]
     if not all(isinstance(s, int | float) and not isinstance(s, bool) for s in seconds):

@@ -1,12 +1,12 @@
 """The GPU worker pool over RabbitMQ: Celery for the jobs, plain AMQP for results and heartbeats.
 
-Gateway side (`CeleryExecutor`): each pixel job is published as a Celery task message (JSON, no
-pickle; the broker confirms each publish) to the jobs queue every worker consumes. Results do not
-use a Celery result backend: each worker publishes the result as a persistent JSON message to the
-result queue named in the job (`reply_to`, one durable queue per gateway), and the gateway's
-listener acknowledges it only after the pipeline has finished the instance (outbox or quarantine,
-journaled). Results therefore survive a broker restart and a gateway restart alike, and several
-gateways can share one broker and one pool.
+Gateway side (`CeleryExecutor`): each pixel job is published as a Celery task message
+(MessagePack, no pickle; the broker confirms each publish) to the jobs queue every worker consumes.
+Results do not use a Celery result backend: each worker publishes the result as a persistent
+MessagePack message to the result queue named in the job (`reply_to`, one durable queue per
+gateway), and the gateway's listener acknowledges it only after the pipeline has finished the
+instance (outbox or quarantine, journaled). Results therefore survive a broker restart and a
+gateway restart alike, and several gateways can share one broker and one pool.
 
 Worker side (`deid-gateway worker --config FILE`, `run_worker`): loads the route models once
 (PhotoEngine), then runs a Celery worker with one worker thread (one process, one model, one job
@@ -38,6 +38,7 @@ from deid_core.errors import InvalidInputError, RetryableError
 from gateway.config import CeleryExecutorConfig, GatewayConfig
 from gateway.logs import get_logger
 from gateway.pixel_jobs import (
+    SERIALIZER,
     PixelJob,
     PixelResult,
     job_from_wire,
@@ -64,15 +65,16 @@ def heartbeat_exchange_name(queue: str) -> str:
 
 
 def celery_app(settings: CeleryExecutorConfig, broker_url: str) -> Celery:
-    """A Celery app for the jobs queue: JSON only, late acknowledgement, prefetch one, requeue when
-    a worker is lost, broker confirms for every publish, no result backend."""
+    """A Celery app for the jobs queue: MessagePack only (pixels as bytes, no pickle), late
+    acknowledgement, prefetch one, requeue when a worker is lost, broker confirms for every
+    publish, no result backend."""
     from celery import Celery
 
     app = Celery("deidgw", broker=broker_url, set_as_current=False)
     app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
+        task_serializer=SERIALIZER,
+        accept_content=[SERIALIZER],
+        result_accept_content=[SERIALIZER],
         event_serializer="json",
         task_ignore_result=True,
         result_backend=None,
@@ -182,7 +184,7 @@ class CeleryExecutor:
                 TASK_NAME,
                 args=[body],
                 queue=self.settings.queue,
-                serializer="json",
+                serializer=SERIALIZER,
                 retry=True,
                 retry_policy={
                     "max_retries": 1,
@@ -232,7 +234,7 @@ class CeleryExecutor:
                 conn.channel(),
                 queues=[results],
                 callbacks=[self._on_result_message],
-                accept=["json"],
+                accept=[SERIALIZER],
                 prefetch_count=8,
             ),
             Consumer(
@@ -343,7 +345,7 @@ def register_pixel_task(
                     body,
                     exchange="",
                     routing_key=job.reply_to,
-                    serializer="json",
+                    serializer=SERIALIZER,
                     delivery_mode=2,
                     declare=[Queue(job.reply_to, durable=True, auto_delete=False)],
                     retry=True,
@@ -389,9 +391,16 @@ def run_worker(
         from deid_core.errors import ConfigError
 
         raise ConfigError("routes: no route has pixels: flowedit; a worker would have no work")
+    engine = PhotoEngine.from_config(cfg, threads=threads)
+    serve_jobs(cfg, engine, name=name, loglevel=loglevel)
+
+
+def serve_jobs(
+    cfg: GatewayConfig, engine: PhotoEngine, *, name: str | None = None, loglevel: str = "WARNING"
+) -> None:
+    """Run `engine` as a worker of the pool configured in `cfg.executor` until shutdown."""
     settings = cfg.executor
     url = settings.url()
-    engine = PhotoEngine.from_config(cfg, threads=threads)
     identity = worker_identity(name)
     app = celery_app(settings, url)
     heartbeat = Heartbeat(url, settings.queue, identity, settings.heartbeat_interval_s)
