@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,15 @@ def _wait_for_workers(node: GatewayNode, run: Run, count: int) -> None:
     ok = wait_until(lambda: probe.workers_alive() >= count, 240, interval=0.5)
     logs = "\n".join(run.pool.log(n)[-1500:] for n in run.pool.procs)
     assert ok, f"workers did not announce themselves:\n{logs}"
+    # ... and the gateway's /metrics says so
+    assert node.monitoring is not None and node.monitoring.server is not None
+    url = f"http://127.0.0.1:{node.monitoring.server.port}/metrics"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as response:
+        text = response.read().decode()
+    [line] = [x for x in text.splitlines() if x.startswith("dicomgw_workers_up ")]
+    assert float(line.split()[1]) >= count
+    assert "dicomgw_workers_last_heartbeat_timestamp_seconds " in text
 
 
 def _send(node: GatewayNode, photos: list[Photo]) -> None:

@@ -69,7 +69,13 @@ def _accepted(job: PixelJob, **extra: object) -> PixelResult:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, executor: ScriptedExecutor, photos: int = 3) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        executor: ScriptedExecutor,
+        photos: int = 3,
+        override: dict[str, object] | None = None,
+    ) -> None:
         data = config_dict(
             tmp_path / "gw",
             make_key_file(tmp_path),
@@ -90,7 +96,7 @@ class Harness:
         self.study = study_key(KEY, self.photos[0].study_instance_uid)
         for photo in self.photos:
             spooled = self.storage.spool.write((photo.path.read_bytes(),))
-            self.storage.journal.add_received(spooled.relative_path, self.study)
+            self.storage.journal.add_received(spooled.relative_path, self.study, override=override)
 
     def _pipeline(self) -> Pipeline:
         s = self.storage
@@ -275,3 +281,40 @@ def test_spool_bytes_are_what_the_job_was_made_from(tmp_path: Path) -> None:
     [job] = h.executor.jobs
     ds = pydicom.dcmread(io.BytesIO(h.photos[0].path.read_bytes()))
     assert np.array_equal(job.frames[0], ds.pixel_array)
+
+
+def _rejected(job: PixelJob) -> PixelResult:
+    return PixelResult(
+        job_id=job.job_id,
+        route=job.route,
+        status="rejected",
+        frames=255 - job.frames,  # the worker sends its edit with a rejection too
+        reason="lesion_iou_below_threshold",
+        details={"iou": 0.4},
+        artifacts={"panel.png": b"png"},
+        provenance="FlowEdit (test)",
+        test_model=True,
+    )
+
+
+def test_a_reviewer_waiving_the_gate_gets_the_edit_forwarded(tmp_path: Path) -> None:
+    """Released with waive_gate: the photograph is edited again (same seeds) and its edit is
+    forwarded despite the gate; never the original pixels."""
+    h = Harness(tmp_path, ScriptedExecutor(), photos=1, override={"waive_gate": True})
+    h.pipeline.process_study(h.study)
+    [job] = h.executor.jobs
+    h.pipeline.complete_pixel_job(_rejected(job))
+    [ds] = h.outbox_datasets()
+    assert np.array_equal(ds.pixel_array, 255 - job.frames[0])
+    assert ds.RecognizableVisualFeatures == "NO"
+    assert h.storage.quarantine.list() == []
+
+
+def test_without_a_waiver_the_same_answer_is_quarantined(tmp_path: Path) -> None:
+    h = Harness(tmp_path, ScriptedExecutor(), photos=1)
+    h.pipeline.process_study(h.study)
+    [job] = h.executor.jobs
+    h.pipeline.complete_pixel_job(_rejected(job))
+    assert h.outbox_datasets() == []
+    [row] = h.storage.quarantine.list()
+    assert row.reason == "lesion_iou_below_threshold"
