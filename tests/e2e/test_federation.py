@@ -58,13 +58,14 @@ def _write_studies(folder: Path) -> tuple[dict[str, list[Path]], dict[str, str]]
     studies: dict[str, str] = {}
     for name, date, count_a, count_b in PLAN:
         study = studies[name] = generate_uid()
+        frame_of_reference = generate_uid()
         for site, count in (("A", count_a), ("B", count_b)):
             series = generate_uid()
             for i in range(count):
                 ds = copy.deepcopy(template)
                 ds.StudyInstanceUID = study
                 ds.SeriesInstanceUID = series
-                ds.FrameOfReferenceUID = study + ".1"
+                ds.FrameOfReferenceUID = frame_of_reference
                 ds.SOPInstanceUID = generate_uid()
                 ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
                 ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = date
