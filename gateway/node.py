@@ -28,12 +28,19 @@ from typing import TYPE_CHECKING
 
 from deid_core.errors import ConfigError
 from deid_core.keys import ProjectKey
+from dicom_io.dicomweb import reachable as stow_reachable
 from dicom_io.scp import AccessPolicy, StorageSCP, caller_rules
-from dicom_io.scu import StoreTarget
 from dicom_io.tls import server_context
-from gateway.config import GatewayConfig
+from gateway.config import DestinationConfig, GatewayConfig
 from gateway.events import Backlog, EventBus
-from gateway.forwarder import DestinationWorker, Forwarder, store_target
+from gateway.forwarder import (
+    DestinationWorker,
+    DimseTransport,
+    Forwarder,
+    StowTransport,
+    Transport,
+    transport_for,
+)
 from gateway.http import ReadinessCheck
 from gateway.ingest import Ingest, adopt_orphans
 from gateway.journal import InstanceState, Journal
@@ -175,11 +182,11 @@ class GatewayNode:
             ssl_ctx = server_context(
                 t.cert_file, t.key_file, t.client_ca_file, t.require_client_cert
             )
-        targets = {name: store_target(name, dest, cfg) for name, dest in cfg.destinations.items()}
+        transports = {name: transport_for(name, cfg) for name in cfg.destinations}
         storage = Storage.open(cfg)
         self.storage = storage
         if self._monitor:
-            self._start_monitoring(storage, targets)
+            self._start_monitoring(storage, transports)
         self._recover(storage)
         self.pipeline = Pipeline(
             cfg,
@@ -200,13 +207,15 @@ class GatewayNode:
         loops = identifiers("forwarder", cfg.destinations)
         workers = {}
         for name, dest in cfg.destinations.items():
-            self._register_loop(
-                loops[name], 2 * dest.connect_timeout_s + 2 * dest.dimse_timeout_s + 30.0
+            # the longest a batch may take: connect, then wait for the archive's answers
+            answer_s = (
+                dest.dimse_timeout_s if isinstance(dest, DestinationConfig) else dest.timeout_s
             )
+            self._register_loop(loops[name], 2 * dest.connect_timeout_s + 2 * answer_s + 30.0)
             workers[name] = DestinationWorker(
                 name,
                 dest,
-                targets[name],
+                transports[name],
                 storage.journal,
                 storage.outbox,
                 storage.spool,
@@ -252,7 +261,7 @@ class GatewayNode:
         )
         return self.address
 
-    def _start_monitoring(self, storage: Storage, targets: dict[str, StoreTarget]) -> None:
+    def _start_monitoring(self, storage: Storage, transports: dict[str, Transport]) -> None:
         cfg = self.cfg
         routes = [r.name for r in Router.from_config(cfg).all_routes()]
         checks: dict[str, ReadinessCheck] = {
@@ -280,12 +289,21 @@ class GatewayNode:
         )
         self.monitoring = monitoring
         for name, check_name in identifiers("destination", cfg.destinations).items():
-            monitoring.add_check(
-                check_name,
-                DestinationProbe(
-                    name, targets[name], on_result=monitoring.metrics.set_destination_up
-                ),
-            )
+            transport = transports[name]
+            if isinstance(transport, StowTransport):
+                probe = DestinationProbe(
+                    name,
+                    transport.target,
+                    on_result=monitoring.metrics.set_destination_up,
+                    echo_fn=stow_reachable,
+                )
+            elif isinstance(transport, DimseTransport):
+                probe = DestinationProbe(
+                    name, transport.target, on_result=monitoring.metrics.set_destination_up
+                )
+            else:  # a transport of its own brings no probe
+                continue
+            monitoring.add_check(check_name, probe)
 
     def _uses_model(self) -> bool:
         return any(
