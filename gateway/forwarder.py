@@ -277,13 +277,18 @@ class DestinationWorker:
             return True
         seconds = (time.perf_counter() - started) / max(len(rows), 1)
         sent_rows = []
+        # failed rows grouped by what went wrong, each group rescheduled together
+        failed: dict[tuple[str, str], list[OutboxRow]] = {}
         for row, status in zip(rows, statuses, strict=True):
             if status is not None and is_stored(status):
                 sent_rows.append(row)
             elif status is None:
-                self._failed([row], "aborted", "association lost before an answer")
+                failed.setdefault(("aborted", "association lost before an answer"), []).append(row)
             else:
-                self._failed([row], "status", f"archive answered status 0x{status:04X}")
+                why = ("status", f"archive answered status 0x{status:04X}")
+                failed.setdefault(why, []).append(row)
+        for (kind, error), group in failed.items():
+            self._failed(group, kind, error)
         if sent_rows:
             self.journal.mark_sent([r.id for r in sent_rows])
             delivered_at = time.time()
@@ -331,15 +336,21 @@ class DestinationWorker:
         if max_attempts is not None:
             limit = min(max_attempts, limit)
         soonest = None
+        # One time per attempt count, not per row: the batch stays together for its next try
+        # (a per-row jitter would split it into one request per row).
+        now = time.time()
+        next_at_for: dict[int, float] = {}
         for row in rows:
             attempts = row.attempts + 1
             if permanent or attempts >= limit:
                 self._dead_letter(row, attempts, error)
                 continue
-            delay = backoff_delay(policy, attempts, self.rng)
-            if wait_s is not None:
-                delay = max(delay, wait_s)
-            next_at = time.time() + delay
+            if attempts not in next_at_for:
+                delay = backoff_delay(policy, attempts, self.rng)
+                if wait_s is not None:
+                    delay = max(delay, wait_s)
+                next_at_for[attempts] = now + delay
+            next_at = next_at_for[attempts]
             self.journal.reschedule(row.id, attempts, next_at, error)
             soonest = next_at if soonest is None else min(soonest, next_at)
         will_retry = soonest is not None
