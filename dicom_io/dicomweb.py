@@ -42,7 +42,8 @@ FAILURE_OUT_OF_RESOURCES = 0xA700
 FAILURE_SOP_CLASS_MISMATCH = 0xA900
 FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_SOP_CLASS_NOT_SUPPORTED = 0x0122
-FAILURE_STUDY_UID_MISMATCH = 0xC409  # "Referenced Study Instance UID does not match" (PS3.18)
+#: A data set that does not match the request (here: its study is not the one the URL names).
+FAILURE_STUDY_UID_MISMATCH = FAILURE_SOP_CLASS_MISMATCH
 
 #: Longest Retry-After honoured (a larger value is taken as this): one day.
 MAX_RETRY_AFTER_S = 86400.0

@@ -645,6 +645,8 @@ class DicomwebInConfig(StrictModel):
     enabled: bool = False
     address: str = "127.0.0.1"
     port: int = Field(default=8081, ge=0, le=65535)
+    #: The service's root: senders POST to ``{base_path}/studies``.
+    base_path: str = Field(default="/dicom-web", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
     tls: ServerTlsConfig | None = None
     auth: HttpAuth | None = None
     #: How the senders appear to routes (`match.calling_ae`) and in the spooled file meta.

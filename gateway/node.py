@@ -62,6 +62,7 @@ from gateway.spool import DirectorySync, Spool
 
 if TYPE_CHECKING:
     from gateway.review.station import ReviewStation
+    from gateway.stow import StowEndpoint
 
 LOG = get_logger("gateway.node")
 
@@ -149,9 +150,12 @@ class GatewayNode:
         deidentifier_factory: DeidentifierFactory | None = None,
         drain_timeout: float = 30.0,
         monitor: bool = True,
+        listen: bool = True,
     ) -> None:
         """``monitor=False`` leaves out metrics, the event log and the monitoring endpoint (for
-        code that embeds a node and brings its own observers, such as the demo)."""
+        code that embeds a node and brings its own observers, such as the demo).
+        ``listen=False`` leaves out the DICOM listener and the STOW-RS endpoint: instances come
+        in through `ingest` only (the Orthanc plugin hands them over in process)."""
         self.cfg = cfg
         self.key = key
         self.events = events or EventBus()
@@ -167,7 +171,12 @@ class GatewayNode:
         self.pipeline: Pipeline | None = None
         self.address: tuple[str, int] | None = None
         self.review: ReviewStation | None = None
+        self.stow: StowEndpoint | None = None
+        #: Where received instances go (spool, journal, events): the listener's sink, also for
+        #: instances that arrive by other ways (STOW-RS, C-GET, the Orthanc plugin).
+        self.ingest: Ingest | None = None
         self._monitor = monitor
+        self._listen = listen
         self.monitoring: Monitoring | None = None
         self._extra_checks: dict[str, ReadinessCheck] = {}
 
@@ -237,10 +246,20 @@ class GatewayNode:
 
             self.review = ReviewStation(cfg, storage, on_decision=self.forwarder.wake)
             self.review.start()
+        self.ingest = Ingest(storage.spool, storage.journal, self.key, self.events)
+        if not self._listen:
+            LOG.info(
+                "gateway_started",
+                listener=False,
+                destinations=sorted(cfg.destinations),
+                routes=[r.name for r in cfg.routes],
+                key_fingerprint=self.key.fingerprint(),
+            )
+            return ("", 0)
         self._register_loop("dicom_listener", LISTENER_MAX_SILENCE_S)
         self.scp = StorageSCP(
             policy=policy,
-            sink=Ingest(storage.spool, storage.journal, self.key, self.events),
+            sink=self.ingest,
             host=cfg.node.host,
             port=cfg.node.port,
             max_pdu_size=cfg.node.max_pdu_size,
@@ -249,6 +268,13 @@ class GatewayNode:
             heartbeat=self._beater("dicom_listener"),
         )
         self.address = self.scp.start()
+        if cfg.dicomweb_in.enabled:
+            from gateway.stow import StowEndpoint
+
+            self.stow = StowEndpoint(cfg.dicomweb_in, cfg.node.ae_title, self.ingest, storage.spool)
+            self.stow.start()
+            stow = self.stow
+            self.add_readiness_check("stow_endpoint", lambda: stow.serving)
         LOG.info(
             "gateway_listening",
             ae_title=cfg.node.ae_title,
@@ -267,8 +293,9 @@ class GatewayNode:
         checks: dict[str, ReadinessCheck] = {
             "journal_writable": journal_writable(storage.journal),
             "spool_writable": spool_writable(storage.spool),
-            "dicom_listener": listener_accepting(lambda: self.scp),
         }
+        if self._listen:
+            checks["dicom_listener"] = listener_accepting(lambda: self.scp)
         if self._uses_model():
             # Placeholder until the step says more (its own `model_loaded`, if it offers one):
             # building the pipeline builds the step, which loads its model.
@@ -389,10 +416,12 @@ class GatewayNode:
             if self.scp is not None:
                 self.scp.stop_accepting()
                 self._unregister_loop("dicom_listener")
-                if not self.scp.wait_idle(self.drain_timeout):
-                    LOG.warning("shutdown_aborting_associations")
-                    self.scp.abort_all()
-                    self.scp.wait_idle(5.0)
+            if self.stow is not None:
+                self.stow.stop(self.drain_timeout)  # requests in flight finish first
+            if self.scp is not None and not self.scp.wait_idle(self.drain_timeout):
+                LOG.warning("shutdown_aborting_associations")
+                self.scp.abort_all()
+                self.scp.wait_idle(5.0)
             if self.review is not None:
                 self.review.stop()
             self._stop_assembler.set()

@@ -137,8 +137,17 @@ def test_accession_list_pulled_by_c_move_into_a_running_gateway(pacs: Pacs) -> N
         config.write_text(yaml.safe_dump(data))
         report = pacs.work / "report-move.csv"
         result = run_cli(
-            ["pull", "--source", "pacs", "--accession-list", str(listing)]
-            + ["--config", str(config), "--report", str(report)],
+            [
+                "pull",
+                "--source",
+                "pacs",
+                "--accession-list",
+                str(listing),
+                "--config",
+                str(config),
+                "--report",
+                str(report),
+            ],
             timeout=120,
         )
         assert result.returncode == 1, result.stdout + result.stderr  # a row is missing
@@ -186,8 +195,22 @@ def test_study_uids_pulled_by_c_get_with_an_embedded_gateway(pacs: Pacs) -> None
     config.write_text(yaml.safe_dump(data))
     report = pacs.work / "report-get.csv"
     result = run_cli(
-        ["pull", "--source", "pacs", "--study-uid", uid, "--study-uid", "1.2.3.4.999"]
-        + ["--config", str(config), "--report", str(report), "--embedded", "--wait", "60"],
+        [
+            "pull",
+            "--source",
+            "pacs",
+            "--study-uid",
+            uid,
+            "--study-uid",
+            "1.2.3.4.999",
+            "--config",
+            str(config),
+            "--report",
+            str(report),
+            "--embedded",
+            "--wait",
+            "60",
+        ],
         timeout=180,
     )
     assert result.returncode == 1, result.stdout + result.stderr  # the second UID is missing

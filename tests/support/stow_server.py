@@ -89,7 +89,9 @@ class StowArchive:
                     )
                 answer = archive._next()
                 stored = [
-                    (c, u) for i, (c, u) in enumerate(zip(classes, uids)) if i not in answer.fail
+                    (c, u)
+                    for i, (c, u) in enumerate(zip(classes, uids, strict=False))
+                    if i not in answer.fail
                 ]
                 failed = [(classes[i], uids[i], reason) for i, reason in answer.fail.items()]
                 data = json.dumps(stow_response(stored, failed)).encode()

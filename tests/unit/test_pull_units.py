@@ -15,8 +15,8 @@ from deid_core.errors import ConfigError
 from deid_core.keys import ProjectKey
 from dicom_io.qr import QueryFailed, QueryTarget, RetrieveOutcome, StudyMatch
 from gateway.pull import (
-    PullRow,
     Puller,
+    PullRow,
     RateLimiter,
     RowStatus,
     read_accession_list,
