@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "gateway.commands.flowedit",
     "gateway.commands.lesion",
     "gateway.commands.pull",
+    "gateway.commands.orthanc",
 ]
 
 app = typer.Typer(

@@ -184,9 +184,10 @@ class GatewayNode:
 
     def start(self) -> tuple[str, int]:
         cfg = self.cfg
-        policy = access_policy(cfg)
+        # the listener's settings are checked first: a bad one stops the start before anything
+        policy = access_policy(cfg) if self._listen else None
         ssl_ctx = None
-        if cfg.node.tls is not None:
+        if cfg.node.tls is not None and self._listen:
             t = cfg.node.tls
             ssl_ctx = server_context(
                 t.cert_file, t.key_file, t.client_ca_file, t.require_client_cert
@@ -256,6 +257,7 @@ class GatewayNode:
                 key_fingerprint=self.key.fingerprint(),
             )
             return ("", 0)
+        assert policy is not None
         self._register_loop("dicom_listener", LISTENER_MAX_SILENCE_S)
         self.scp = StorageSCP(
             policy=policy,
