@@ -102,11 +102,17 @@ def _new_studies(pacs: Pacs) -> set[str]:
     return pacs.orthanc.studies() - pacs.originals
 
 
-def _forwarded_tags(pacs: Pacs, study_ids: set[str]) -> list[pydicom.Dataset]:
+def _forwarded_tags(
+    pacs: Pacs, study_ids: set[str], planted: list[PlantedStudy]
+) -> list[pydicom.Dataset]:
+    """The forwarded instances; none may hold any value planted in the originals."""
     out = []
+    needles = [n.encode() for study in planted for n in study.needles]
     for sid in study_ids:
         for iid in pacs.orthanc.study_instances(sid):
-            out.append(pydicom.dcmread(io.BytesIO(pacs.orthanc.file(iid))))
+            data = pacs.orthanc.file(iid)
+            assert not [n for n in needles if n in data]
+            out.append(pydicom.dcmread(io.BytesIO(data)))
     return out
 
 
@@ -173,7 +179,7 @@ def test_accession_list_pulled_by_c_move_into_a_running_gateway(pacs: Pacs) -> N
         # the retrieved studies took the normal route: de-identified into the archive
         assert wait_until(lambda: len(_new_studies(pacs) - before) == 2, 60)
         assert wait_until(lambda: node.backlog().journal_states["forwarded"] == 5, 30)
-    forwarded = _forwarded_tags(pacs, _new_studies(pacs) - before)
+    forwarded = _forwarded_tags(pacs, _new_studies(pacs) - before, [move1, move2])
     assert len(forwarded) == 5
     originals = {
         str(pydicom.dcmread(p).StudyInstanceUID) for s in (move1, move2) for p in s.files[:1]
@@ -224,7 +230,7 @@ def test_study_uids_pulled_by_c_get_with_an_embedded_gateway(pacs: Pacs) -> None
     # forwarded before the command returned
     new = _new_studies(pacs) - before
     assert len(new) == 1
-    forwarded = _forwarded_tags(pacs, new)
+    forwarded = _forwarded_tags(pacs, new, [study])
     assert len(forwarded) == 2
     assert all(ds.StudyInstanceUID != uid for ds in forwarded)
     # nothing left in the embedded node's spool, and it released its port

@@ -11,6 +11,7 @@ Debian's plugins load on request: ``plugins=("dicomweb", "python")`` (the Python
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -58,7 +59,10 @@ class Orthanc:
         http_port: int = 8042,
         plugins: Sequence[str] = (),
         extra: dict[str, Any] | None = None,
+        users: dict[str, str] | None = None,
     ) -> None:
+        """`users`: turn on Orthanc's HTTP basic authentication with these users (the helper's
+        own requests then sign in as the first)."""
         self.folder = folder
         self.ns = ns
         self.ae_title = ae_title
@@ -88,6 +92,12 @@ class Orthanc:
             "StableAge": 1,
         }
         self.config["Plugins"] = [str(PLUGINS[name]) for name in plugins]
+        self._auth: str | None = None
+        if users:
+            self.config["AuthenticationEnabled"] = True
+            self.config["RegisteredUsers"] = users
+            user, password = next(iter(users.items()))
+            self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.config.update(extra or {})
         self.config_path.write_text(json.dumps(self.config, indent=2))
 
@@ -131,13 +141,20 @@ class Orthanc:
                 self.proc.wait(5)
         self.proc = None
 
+    def _open(self, req: urllib.request.Request | str, timeout: float) -> Any:
+        if isinstance(req, str):
+            req = urllib.request.Request(req)
+        if self._auth:
+            req.add_header("Authorization", self._auth)
+        return _OPENER.open(req, timeout=timeout)
+
     def get(self, path: str) -> Any:
-        with _OPENER.open(self.url + path, timeout=10) as rsp:
+        with self._open(self.url + path, timeout=10) as rsp:
             return json.loads(rsp.read())
 
     def post(self, path: str, body: Any) -> Any:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
-        with _OPENER.open(req, timeout=30) as rsp:
+        with self._open(req, timeout=30) as rsp:
             return json.loads(rsp.read())
 
     def request(
@@ -150,7 +167,7 @@ class Orthanc:
         req = urllib.request.Request(self.url + path, data=body, method=method)
         if body is not None:
             req.add_header("Content-Type", content_type)
-        with _OPENER.open(req, timeout=60) as rsp:
+        with self._open(req, timeout=60) as rsp:
             data = rsp.read()
         return json.loads(data) if data.strip() else None
 
@@ -171,7 +188,7 @@ class Orthanc:
         return [str(i["ID"]) for i in self.get(f"/studies/{study_id}/instances")]
 
     def file(self, instance_id: str) -> bytes:
-        with _OPENER.open(self.url + f"/instances/{instance_id}/file", timeout=30) as rsp:
+        with self._open(self.url + f"/instances/{instance_id}/file", timeout=30) as rsp:
             return bytes(rsp.read())
 
     def log_text(self) -> str:
