@@ -476,7 +476,7 @@ def iter_parts(data: mmap.mmap | bytes, boundary: bytes) -> Iterator[Part]:
                 raise InvalidInputError("a body part has no complete header block")
             raw_headers, start = bytes(data[headers_start:header_end]), header_end + 4
         headers: dict[str, str] = {}
-        for line in raw_headers.split(b"\r\n"):
+        for line in raw_headers.split(b"\r\n") if raw_headers else ():
             name, sep, value = line.partition(b":")
             if not sep:
                 raise InvalidInputError("a body part header line without a colon")

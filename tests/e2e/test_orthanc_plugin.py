@@ -160,40 +160,47 @@ def test_in_process_plugin_deidentifies_stable_studies_inside_orthanc(
 def test_forward_mode_sends_stable_studies_to_a_gateway_node(
     tmp_path: Path, ns: NetNamespace
 ) -> None:
+    """The gateway is down when the study becomes stable: the plugin retries with backoff, and
+    the study arrives once the gateway is up."""
     work = tmp_path / "site"
     orthanc_ae = "ORTHANC"
+    port = _free_port(ns.host_address)
     data = config_dict(
         work / "gw",
         make_key_file(tmp_path),
         destinations={"archive": destination(ns.inner_address, 4242, orthanc_ae)},
     )
     data["node"]["host"] = ns.host_address
+    data["node"]["port"] = port
     data["node"]["allowed_callers"] = [{"ae_title": orthanc_ae, "host": ns.inner_address}]
-    with running_node(parse(data)) as (node, _):
-        host, port = node.address  # type: ignore[misc]
-        data["orthanc_plugin"] = {
-            "mode": "forward",
-            "forward_to": {"host": host, "port": port},
-            "state_file": str(work / "ledger.sqlite"),
-            "retry_initial_delay_s": 0.5,
-        }
-        data["metrics"] = {"enabled": False}
-        config = work / "plugin.yaml"
-        config.write_text(yaml.safe_dump(data))
-        orthanc = Orthanc(work / "orthanc", ns, plugins=("python",), extra=_plugin_entries(config))
-        study = write_planted_study(tmp_path / "in", "FORWARD", 2)
-        try:
-            orthanc.start(timeout=60)
-            assert f"forwarding to DEIDGW@{host}:{port}" in orthanc.log_text()
-            for path in study.files:
-                orthanc.upload(path)
-            before = orthanc.studies()
+    data["orthanc_plugin"] = {
+        "mode": "forward",  # to `node`: this file's gateway
+        "state_file": str(work / "ledger.sqlite"),
+        "retry_initial_delay_s": 0.5,
+        "retry_max_delay_s": 1.0,
+    }
+    data["metrics"] = {"enabled": False}
+    config = work / "gateway.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump(data))
+    orthanc = Orthanc(work / "orthanc", ns, plugins=("python",), extra=_plugin_entries(config))
+    study = write_planted_study(tmp_path / "in", "FORWARD", 2)
+    try:
+        orthanc.start(timeout=60)
+        assert f"forwarding to DEIDGW@{ns.host_address}:{port}" in orthanc.log_text()
+        for path in study.files:
+            orthanc.upload(path)
+        before = orthanc.studies()
+        assert wait_until(lambda: "orthanc_handover_retry" in orthanc.log_text(), 30)
+        with running_node(parse(data)) as (node, _):
             assert wait_until(lambda: node.backlog().journal_states["forwarded"] == 2, 60), (
                 orthanc.log_text()[-3000:]
             )
             assert wait_until(lambda: _new_study(orthanc, before) is not None, 30)
             new = _new_study(orthanc, before)
             assert new is not None and len(orthanc.study_instances(new)) == 2
+            for instance in orthanc.study_instances(new):
+                assert _leaks(orthanc.file(instance), study) == []
             time.sleep(3.0)  # the de-identified copy is stable now, and not sent again
             assert sum(node.backlog().journal_states.values()) == 2
             assert wait_until(
@@ -202,5 +209,13 @@ def test_forward_mode_sends_stable_studies_to_a_gateway_node(
                 ),
                 10,
             )
-        finally:
-            orthanc.stop()
+    finally:
+        orthanc.stop()
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
