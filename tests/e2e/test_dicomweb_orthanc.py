@@ -87,8 +87,13 @@ def test_stow_rs_forward_to_orthanc_is_delivered_de_identified(
         assert entry.row.destination == "wrong"
         assert entry.details["attempts"] == 2
         assert "rejected our credentials (HTTP 401)" in entry.details["last_error"]
+        # the event follows the dead letter: wait for it
+        assert wait_until(
+            lambda: len([f for f in events.of(ForwardFailed) if f.destination == "wrong"]) == 2,
+            10,
+        )
         wrong = [f for f in events.of(ForwardFailed) if f.destination == "wrong"]
-        assert [f.reason for f in wrong] == ["auth", "auth"]
+        assert [(f.reason, f.will_retry) for f in wrong] == [("auth", True), ("auth", False)]
     originals = {str(pydicom.dcmread(f).SOPInstanceUID) for f in study.files}
     for instance in orthanc.instances():
         data_bytes = orthanc.file(instance)

@@ -64,6 +64,8 @@ def test_rejected_credentials_are_dead_lettered_after_a_couple_of_attempts(
             _send(node, files)
             quarantine = node.storage.quarantine  # type: ignore[union-attr]
             assert wait_until(lambda: len(quarantine.list()) == 3, 30)
+            # the event follows the dead letters: wait for it
+            assert wait_until(lambda: len(events.of(ForwardFailed)) == 2, 10)
             failures = events.of(ForwardFailed)
             assert [f.reason for f in failures] == ["auth", "auth"]
             assert [f.will_retry for f in failures] == [True, False]
