@@ -62,6 +62,7 @@ def test_all_lists_exactly_the_documented_names() -> None:
         assert getattr(deid_core, name) is not None
 
 
+@pytest.mark.slow
 def test_readme_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     study = write_planted_study(tmp_path / "src", "README", 1)
     (tmp_path / "in.dcm").write_bytes(study.files[0].read_bytes())
@@ -144,6 +145,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     return load_model(build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", "sd3"))
 
 
+@pytest.mark.slow
 def test_flowedit_images_keeps_shape_and_is_deterministic(tiny_model) -> None:  # type: ignore[no-untyped-def]
     photos = np.stack([skin_photo(disc((48, 40), 24, 20, 8), seed=i, noise=2) for i in range(2)])
     params = FlowEditParams.defaults_for("sd3", num_steps=8, n_max=6)
@@ -173,6 +175,7 @@ def test_check_lesion_tells_a_kept_lesion_from_a_vanished_one() -> None:
         check_lesion(photo, photo, method="twin")
 
 
+@pytest.mark.slow
 def test_twin_method_runs_on_a_model(tiny_model) -> None:  # type: ignore[no-untyped-def]
     photo = skin_photo(disc((64, 64), 32, 32, 12))
     result = check_lesion(photo, photo.copy(), method="twin", model=tiny_model)
