@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "gateway.commands.flowedit",
     "gateway.commands.worker",
     "gateway.commands.lesion",
+    "gateway.commands.pull",
+    "gateway.commands.orthanc",
 ]
 
 app = typer.Typer(
