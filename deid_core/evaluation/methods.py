@@ -1,0 +1,122 @@
+"""The methods compared in one evaluation: the route's de-identification and the classic baselines.
+
+A method is a plain transform of a batch of same-size photographs with one seed each, so FlowEdit,
+a blur and a test's random-image generator all plug in the same way. Baseline strengths are given
+as a fraction of the image's long side, so "blur 2 %" means the same thing on a 400 px clinical
+photo and a 2592 px dermoscopy image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+#: (N, H, W, 3) uint8 photographs and one seed each -> (N, H, W, 3) uint8.
+Transform = Callable[[np.ndarray, Sequence[int]], np.ndarray]
+
+BASELINE = "baseline"
+DEIDENTIFICATION = "deidentification"
+
+#: What `evaluate` compares FlowEdit against unless told otherwise.
+DEFAULT_BASELINES: tuple[str, ...] = (
+    "none",
+    "blur:0.005",
+    "blur:0.015",
+    "blur:0.04",
+    "pixelate:0.01",
+    "pixelate:0.03",
+    "pixelate:0.06",
+)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison."""
+
+    name: str
+    kind: str  # BASELINE or DEIDENTIFICATION
+    transform: Transform = field(repr=False, compare=False)
+    #: Everything needed to reproduce the method, written into the report.
+    params: dict[str, Any] = field(default_factory=dict)
+    #: True when the figures say nothing clinically (a test model made them).
+    test_model: bool = False
+
+
+def no_transform(images: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+    """The worst case for privacy: the photograph leaves as it came."""
+    return images.copy()
+
+
+class GaussianBlur:
+    """Gaussian blur of the whole image, sigma as a fraction of the long side."""
+
+    def __init__(self, fraction: float) -> None:
+        if not 0 < fraction < 1:
+            raise ValueError(f"blur strength must lie in (0, 1), got {fraction}")
+        self.fraction = fraction
+
+    def __call__(self, images: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+        sigma = self.fraction * max(images.shape[1:3])
+        blurred = ndimage.gaussian_filter(
+            images.astype(np.float32), sigma=(0, sigma, sigma, 0), mode="reflect"
+        )
+        return np.clip(blurred + 0.5, 0, 255).astype(np.uint8)
+
+
+class Pixelation:
+    """Block averaging of the whole image, block edge as a fraction of the long side."""
+
+    def __init__(self, fraction: float) -> None:
+        if not 0 < fraction < 1:
+            raise ValueError(f"pixelation strength must lie in (0, 1), got {fraction}")
+        self.fraction = fraction
+
+    def __call__(self, images: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+        n, h, w = images.shape[:3]
+        block = max(1, round(self.fraction * max(h, w)))
+        small = (max(1, round(w / block)), max(1, round(h / block)))
+        out = np.empty_like(images)
+        for i in range(n):
+            pil = Image.fromarray(images[i])
+            out[i] = np.asarray(
+                pil.resize(small, Image.Resampling.BOX).resize((w, h), Image.Resampling.NEAREST)
+            )
+        return out
+
+
+def baseline(spec: str) -> Method:
+    """A baseline from its short name: ``none``, ``blur:F`` or ``pixelate:F`` (F = fraction of the
+    long side, e.g. ``blur:0.02``)."""
+    name, _, value = spec.strip().partition(":")
+    if name == "none" and not value:
+        return Method("none", BASELINE, no_transform, {"baseline": "none"})
+    if name in ("blur", "pixelate") and value:
+        try:
+            fraction = float(value)
+        except ValueError:
+            raise ValueError(f"baseline {spec!r}: strength must be a number") from None
+        if not 0 < fraction < 1:
+            raise ValueError(f"baseline {spec!r}: strength must lie in (0, 1)")
+        pct = f"{fraction * 100:g}%"
+        if name == "blur":
+            return Method(
+                f"blur {pct}",
+                BASELINE,
+                GaussianBlur(fraction),
+                {"baseline": "gaussian_blur", "sigma_fraction_of_long_side": fraction},
+            )
+        return Method(
+            f"pixelate {pct}",
+            BASELINE,
+            Pixelation(fraction),
+            {"baseline": "pixelation", "block_fraction_of_long_side": fraction},
+        )
+    raise ValueError(
+        f"unknown baseline {spec!r}: use none, blur:FRACTION or pixelate:FRACTION "
+        "(FRACTION of the long side, e.g. blur:0.02)"
+    )
