@@ -311,7 +311,9 @@ def _plot_tradeoff(result: EvaluationResult, path: Path) -> None:
         ax.axhline(1 / n, color="grey", ls=":", lw=1, label=f"chance top-1 (1/{int(n)})")
         ax.axhline(min(5, n) / n, color="grey", ls="--", lw=0.8, label="chance top-5")
     if result.gate_threshold is not None:
-        ax.axvline(result.gate_threshold, color="firebrick", ls="--", lw=0.8, label="gate threshold")
+        ax.axvline(
+            result.gate_threshold, color="firebrick", ls="--", lw=0.8, label="gate threshold"
+        )
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.05)
     ax.set_xlabel("lesion IoU stability (median, bars: quartiles)  → pathology kept")
@@ -421,7 +423,9 @@ def _plot_examples(result: EvaluationResult, path: Path) -> None:
 
 def _contour(ax: Any, mask: np.ndarray, colour: str, style: str = "-") -> None:
     if mask.any() and not mask.all():
-        ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=0.8, linestyles=style)
+        ax.contour(
+            mask.astype(float), levels=[0.5], colors=colour, linewidths=0.8, linestyles=style
+        )
 
 
 # --- the page -----------------------------------------------------------------------------------
@@ -448,13 +452,12 @@ def _cell(method: str, figure: str, value: Any, kind: str) -> str:
 def reading(result: EvaluationResult) -> list[str]:
     """One plain sentence per method: where it sits on the trade-off plot."""
     out = []
-    chance = result.overall.get("photos", math.nan)
     for m in result.methods:
         s = result.summary[m.name]
         attack = strongest_attack(s) or "n/a"
         out.append(
             f"{m.name}: re-identified {_format(s['reid_top1'], 'pct')} at top-1 "
-            f"(strongest attack: {attack}; chance {_format(1 / chance if chance else math.nan, 'pct')}), "
+            f"(strongest attack: {attack}; chance {_format(s['chance_top1'], 'pct')}), "
             f"lesion IoU stability {_format(s['iou_stability_median'], 'num')}, "
             f"gate pass {_format(s['gate_pass_rate'], 'pct')}, "
             f"lesion ΔE00 {_format(s['delta_e00_median'], 'num')}."

@@ -37,9 +37,9 @@ def measure_fidelity(original: np.ndarray, edited: np.ndarray, region: np.ndarra
     if original.shape != edited.shape:
         raise ValueError("original and edited copies differ in shape")
     region = resize_mask(region, original.shape[:2])
-    ssim_map = structural_similarity(
-        original, edited, channel_axis=2, data_range=255, full=True
-    )[1].mean(axis=2)
+    ssim_map = structural_similarity(original, edited, channel_axis=2, data_range=255, full=True)[
+        1
+    ].mean(axis=2)
     rest = ~region
     ssim_rest = float(ssim_map[rest].mean()) if rest.any() else NAN
     if not region.any():

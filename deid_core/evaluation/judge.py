@@ -1,4 +1,4 @@
-"""The lesion gate as the evaluation sees it: a mask for any image, and a verdict on a pair of masks.
+"""The lesion gate as the evaluation sees it: a mask for any image, a verdict on a pair of masks.
 
 The evaluation judges every method, baselines included, with the route's own gate: "would the gate
 have let this blurred photograph through?" is part of the answer. The original's mask is computed
@@ -48,7 +48,9 @@ class ThresholdJudge:
     design: nothing found in the original (IoU would be meaningless), the lesion vanished, or the
     masks overlap too little."""
 
-    def __init__(self, mask_function: MaskFunction, threshold: float = 0.67, name: str = "") -> None:
+    def __init__(
+        self, mask_function: MaskFunction, threshold: float = 0.67, name: str = ""
+    ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"the IoU threshold must lie in [0, 1], got {threshold}")
         self._mask = mask_function

@@ -5,9 +5,9 @@ For every de-identified image the attacker ranks all N originals by similarity. 
 need no trained weights, so the attack runs anywhere and nobody can argue that a different network
 would have done worse:
 
-- ``orb``: ORB keypoints (scikit-image) matched with Lowe's ratio test and a mutual-nearest-neighbour
-  check; the score is the number of matches. Finds shared local structure (hair, pores, borders,
-  rulers, dots).
+- ``orb``: ORB keypoints (scikit-image) matched with Lowe's ratio test and a mutual nearest
+  neighbour check; the score is the number of matches. Finds shared local structure (hair,
+  pores, borders, rulers, dots).
 - ``colour``: joint CIELAB histogram, Bhattacharyya coefficient. Survives blur and pixelation.
 - ``lbp``: local-binary-pattern histograms at two radii, chi-square distance. Skin texture.
 - ``glcm``: grey-level co-occurrence statistics, Euclidean distance after standardising over the
