@@ -17,7 +17,7 @@ import numpy as np
 from skimage import color
 from skimage.metrics import structural_similarity
 
-from deid_core.evaluation.imaging import resize_mask
+from deid_core.evaluation.imaging import WorkingCopy, resize_mask
 
 NAN = float("nan")
 
@@ -31,21 +31,24 @@ class Fidelity:
     ssim_image: float
 
 
-def measure_fidelity(original: np.ndarray, edited: np.ndarray, region: np.ndarray) -> Fidelity:
-    """`original` and `edited`: the working-size copies (same shape); `region`: the lesion mask at
-    any size (resized here)."""
-    if original.shape != edited.shape:
+def measure_fidelity(
+    original: np.ndarray | WorkingCopy, edited: np.ndarray | WorkingCopy, region: np.ndarray
+) -> Fidelity:
+    """`original` and `edited`: working-size copies of the same shape; `region`: the lesion mask
+    at any size (resized here). SSIM is taken on luminance (as Wang et al. define it); colour
+    changes are what ΔE00 and Δa* measure."""
+    o = original if isinstance(original, WorkingCopy) else WorkingCopy(original)
+    e = edited if isinstance(edited, WorkingCopy) else WorkingCopy(edited)
+    if o.shape != e.shape:
         raise ValueError("original and edited copies differ in shape")
-    region = resize_mask(region, original.shape[:2])
-    ssim_map = structural_similarity(original, edited, channel_axis=2, data_range=255, full=True)[
-        1
-    ].mean(axis=2)
+    region = resize_mask(region, o.shape)
+    ssim_map = structural_similarity(o.grey, e.grey, data_range=1.0, full=True)[1]
     rest = ~region
     ssim_rest = float(ssim_map[rest].mean()) if rest.any() else NAN
     if not region.any():
         return Fidelity(NAN, NAN, NAN, ssim_rest, float(ssim_map.mean()))
-    lab_o = color.rgb2lab(original)[region].mean(axis=0)
-    lab_e = color.rgb2lab(edited)[region].mean(axis=0)
+    lab_o = o.lab[region].mean(axis=0)
+    lab_e = e.lab[region].mean(axis=0)
     return Fidelity(
         delta_e00=float(color.deltaE_ciede2000(lab_o, lab_e)),
         delta_a=float(lab_e[1] - lab_o[1]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from skimage import color
 
 from deid_core.errors import InvalidInputError
 
@@ -53,3 +54,23 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     if union == 0:
         return float("nan")
     return float(np.logical_and(a, b).sum() / union)
+
+
+class WorkingCopy:
+    """A photograph at working size with its CIELAB and grey versions, computed once and shared
+    by the attack's descriptors and the fidelity figures."""
+
+    __slots__ = ("grey", "lab", "rgb")
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        self.rgb = check_rgb(rgb)
+        self.lab = color.rgb2lab(rgb)
+        self.grey = color.rgb2gray(rgb)
+
+    @classmethod
+    def of(cls, image: np.ndarray, long_side: int) -> WorkingCopy:
+        return cls(fit_long_side(check_rgb(image), long_side))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rgb.shape[0], self.rgb.shape[1])

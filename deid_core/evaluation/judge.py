@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from skimage import color
+from skimage.filters import threshold_otsu
 
-from deid_core.evaluation.imaging import iou
+from deid_core.evaluation.imaging import fit_long_side, iou, resize_mask
 
 #: Where a mask comes from: (H, W, 3) uint8 -> (H, W) bool, True = lesion.
 MaskFunction = Callable[[np.ndarray], np.ndarray]
@@ -70,3 +72,17 @@ class ThresholdJudge:
         if value < self.threshold:
             return Verdict(REJECT, "iou_below_threshold", value)
         return Verdict(PASS, None, value)
+
+
+def otsu_redness_mask(image: np.ndarray) -> np.ndarray:
+    """The naive lesion finder of ``shared/data/lesions/ASTAR_BASELINE.txt``: CIELAB a* above its
+    Otsu threshold, on a copy of at most 512 px, scaled back with nearest neighbour.
+
+    A reference point, not the gate: it is what a mask must beat, and it lets the evaluation be run
+    (and its expert-mask figures be checked against that file) without a model for healthy twins.
+    """
+    small = fit_long_side(image, 512)
+    a = color.rgb2lab(small)[..., 1]
+    if np.ptp(a) == 0:
+        return np.zeros(image.shape[:2], dtype=bool)
+    return resize_mask(a > threshold_otsu(a), image.shape[:2])

@@ -9,7 +9,8 @@ would have done worse:
   neighbour check; the score is the number of matches. Finds shared local structure (hair,
   pores, borders, rulers, dots).
 - ``colour``: joint CIELAB histogram, Bhattacharyya coefficient. Survives blur and pixelation.
-- ``lbp``: local-binary-pattern histograms at two radii, chi-square distance. Skin texture.
+- ``lbp``: local-binary-pattern histograms (8 neighbours) at two radii, chi-square distance.
+  Skin texture.
 - ``glcm``: grey-level co-occurrence statistics, Euclidean distance after standardising over the
   originals. Coarser texture.
 - ``layout``: a 32x32 colour thumbnail, normalised correlation. The global arrangement of the
@@ -32,9 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from skimage import color, feature
+from skimage import feature
 
-from deid_core.evaluation.imaging import check_rgb
+from deid_core.evaluation.imaging import WorkingCopy
 
 #: The descriptors, in the order the report lists them; "fused" combines all of them.
 ATTACKS: tuple[str, ...] = ("orb", "colour", "lbp", "glcm", "layout")
@@ -42,7 +43,7 @@ FUSED = "fused"
 
 _LAB_RANGES = ((0.0, 100.0), (-60.0, 80.0), (-60.0, 80.0))
 _LAB_BINS = 8
-_LBP_SETTINGS = ((8, 1.0), (16, 2.0))
+_LBP_SETTINGS = ((8, 1.0), (8, 2.0))
 _GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
 _GLCM_DISTANCES = (1, 2, 4)
 _LAYOUT_SIDE = 32
@@ -71,19 +72,19 @@ class ImageDescriptors:
     layout: np.ndarray  # zero-mean, unit-norm thumbnail
 
 
-def describe(image: np.ndarray, settings: AttackSettings | None = None) -> ImageDescriptors:
-    """Descriptors of one image; pass the working-size copy (long side <= 512 px)."""
+def describe(
+    image: np.ndarray | WorkingCopy, settings: AttackSettings | None = None
+) -> ImageDescriptors:
+    """Descriptors of one image at working size (long side <= 512 px)."""
     settings = settings or AttackSettings()
-    check_rgb(image)
-    grey = color.rgb2gray(image)
-    grey8 = np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    lab = color.rgb2lab(image).reshape(-1, 3)
+    copy = image if isinstance(image, WorkingCopy) else WorkingCopy(image)
+    grey8 = np.clip(copy.grey * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return ImageDescriptors(
-        keypoints=_orb(grey, settings),
-        colour=_colour_histogram(lab),
+        keypoints=_orb(copy.grey, settings),
+        colour=_colour_histogram(copy.lab.reshape(-1, 3)),
         lbp=_lbp_histograms(grey8),
         glcm=_glcm_statistics(grey8),
-        layout=_layout(image),
+        layout=_layout(copy.rgb),
     )
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from deid_core.errors import DeidGatewayError, InvalidInputError
 from deid_core.evaluation.fidelity import NAN, Fidelity, measure_fidelity
-from deid_core.evaluation.imaging import check_rgb, fit_long_side, iou, resize_mask
+from deid_core.evaluation.imaging import WorkingCopy, check_rgb, iou, resize_mask
 from deid_core.evaluation.judge import PASS, LesionJudge, Verdict
 from deid_core.evaluation.linkage import (
     ATTACKS,
@@ -162,7 +162,7 @@ def evaluate(
         mask_o = judge.mask(image)
         mask_seconds = time.perf_counter() - start
         _check_mask(mask_o, image.shape[:2], photo.id)
-        small_o = fit_long_side(image, settings.working_side)
+        small_o = WorkingCopy.of(image, settings.working_side)
         desc_o = describe(small_o, settings.attack)
         originals.append(desc_o)
         region = expert if expert is not None else mask_o
@@ -181,9 +181,9 @@ def evaluate(
         if index < settings.examples:
             panel = ExamplePanel(
                 photo=photo.id,
-                original=small_o,
-                mask_original=resize_mask(mask_o, small_o.shape[:2]),
-                expert_mask=resize_mask(expert, small_o.shape[:2]) if expert is not None else None,
+                original=small_o.rgb,
+                mask_original=resize_mask(mask_o, small_o.shape),
+                expert_mask=resize_mask(expert, small_o.shape) if expert is not None else None,
                 edited={},
                 mask_edited={},
             )
@@ -198,13 +198,16 @@ def evaluate(
                 continue
             if expert is not None:
                 record.expert_iou = iou(mask_e, expert)
-            small_e = fit_long_side(edited, settings.working_side)
+            if np.array_equal(edited, image):
+                small_e, desc_e = small_o, desc_o  # nothing changed: same figures, less work
+            else:
+                small_e = WorkingCopy.of(edited, settings.working_side)
+                desc_e = describe(small_e, settings.attack)
             _set_fidelity(record, measure_fidelity(small_o, small_e, region))
-            same = small_e.shape == small_o.shape and np.array_equal(small_e, small_o)
-            edited_desc[method.name].append(desc_o if same else describe(small_e, settings.attack))
+            edited_desc[method.name].append(desc_e)
             if panel is not None:
-                panel.edited[method.name] = small_e
-                panel.mask_edited[method.name] = resize_mask(mask_e, small_e.shape[:2])
+                panel.edited[method.name] = small_e.rgb
+                panel.mask_edited[method.name] = resize_mask(mask_e, small_e.shape)
 
     for method in methods:
         _link(method.name, originals, edited_desc[method.name], image_records, settings.attack)

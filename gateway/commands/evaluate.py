@@ -1,0 +1,370 @@
+"""`deid-gateway evaluate`: evidence before deployment.
+
+Runs the photograph path (the edit and the lesion gate) over a folder of the site's own
+photographs, next to the classic baselines, and writes a report with the privacy figures (a
+linkage attack) and the clinical ones (lesion IoU, colour, SSIM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+import gateway
+from deid_core.errors import ConfigError, InvalidInputError
+from deid_core.evaluation import (
+    DEFAULT_BASELINES,
+    DEIDENTIFICATION,
+    EvaluationResult,
+    EvaluationSettings,
+    LesionJudge,
+    Method,
+    ThresholdJudge,
+    baseline,
+    evaluate,
+    strongest_attack,
+)
+from deid_core.evaluation.judge import otsu_redness_mask
+from deid_core.keys import ProjectKey
+from gateway.commands import err, out
+from gateway.config import load_config
+from gateway.evaluation_report import FILES, RunInfo, write_report
+from gateway.photo_folder import PhotoFolder
+
+_VERSIONED = (
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "matplotlib",
+    "pillow",
+    "torch",
+    "diffusers",
+    "transformers",
+    "pydicom",
+)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"deid-gateway": gateway.__version__, "python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--flowedit KEY=VALUE` pairs; values become int, float, bool or None where they read so."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise ConfigError(f"--flowedit {item!r}: expected KEY=VALUE, e.g. n_max=33")
+        value: Any = text.strip()
+        if value.lower() in ("none", "null"):
+            value = None
+        elif value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(value)
+                    break
+                except ValueError:
+                    continue
+        overrides[name] = value
+    return overrides
+
+
+def _flowedit_method(
+    model_dir: Path,
+    source_prompt: str | None,
+    target_prompt: str | None,
+    overrides: dict[str, Any],
+    device: str,
+) -> tuple[Method, dict[str, Any]]:
+    """The route's de-identifying edit as a method of the comparison."""
+    from deid_core.flowedit import FlowEditor, FlowEditParams
+    from deid_core.models import load_model
+
+    if not source_prompt or not target_prompt:
+        raise ConfigError("--model needs --source-prompt and --target-prompt")
+    known = {f.name for f in dataclasses.fields(FlowEditParams)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(
+            f"--flowedit: unknown parameter(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    model = load_model(model_dir, device=device)
+    params = FlowEditParams.defaults_for(model.family, **overrides)
+    editor = FlowEditor(model, params, source_prompt, target_prompt)
+    editor.release_text_encoders()
+    identity = {
+        "identity": model.identity(),
+        "family": model.family,
+        "is_test_model": bool(model.is_test_model),
+        "directory": str(model_dir),
+    }
+    method = Method(
+        name="flowedit",
+        kind=DEIDENTIFICATION,
+        transform=editor.edit,
+        params={
+            "model": identity,
+            "source_prompt": source_prompt,
+            "target_prompt": target_prompt,
+            "flowedit": dataclasses.asdict(params),
+            "device": device,
+        },
+        test_model=bool(model.is_test_model),
+    )
+    return method, identity
+
+
+def _judge(kind: str, threshold: float) -> LesionJudge:
+    if kind == "otsu-a":
+        return ThresholdJudge(otsu_redness_mask, threshold, name="a* above Otsu threshold")
+    raise ConfigError(f"--mask {kind!r}: expected otsu-a")
+
+
+def _check_report_dir(report: Path) -> None:
+    """Write into a new or empty folder, or over an earlier report; never among other files."""
+    if report.exists() and not report.is_dir():
+        raise InvalidInputError(f"--report {report} exists and is not a folder")
+    if report.is_dir():
+        strangers = sorted(p.name for p in report.iterdir() if p.name not in FILES)
+        if strangers:
+            raise InvalidInputError(
+                f"--report {report} holds other files ({', '.join(strangers[:3])}"
+                f"{', ...' if len(strangers) > 3 else ''}); give a new or empty folder"
+            )
+
+
+def evaluate_command(
+    photos: Annotated[
+        Path, typer.Argument(help="folder of photographs (PNG, JPEG) or DICOM files")
+    ],
+    report: Annotated[Path, typer.Option("--report", help="folder for the report")],
+    masks: Annotated[
+        Path | None,
+        typer.Option("--masks", help="folder of expert lesion masks, matched by file name"),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="gateway YAML: its project key seeds the edits"),
+    ] = None,
+    route: Annotated[
+        str | None, typer.Option("--route", help="route whose photograph path to evaluate")
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="model directory (diffusers layout) for FlowEdit"),
+    ] = None,
+    source_prompt: Annotated[str | None, typer.Option("--source-prompt")] = None,
+    target_prompt: Annotated[str | None, typer.Option("--target-prompt")] = None,
+    flowedit: Annotated[
+        list[str] | None,
+        typer.Option("--flowedit", help="FlowEdit parameter KEY=VALUE (repeatable), e.g. n_max=24"),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="torch device for the model")] = "cpu",
+    baselines: Annotated[
+        str,
+        typer.Option(
+            "--baselines",
+            help="comma-separated: none, blur:F, pixelate:F (F: fraction of the long side); "
+            "'' for none",
+        ),
+    ] = ",".join(DEFAULT_BASELINES),
+    mask: Annotated[str, typer.Option("--mask", help="lesion mask of the gate: otsu-a")] = "otsu-a",
+    gate_threshold: Annotated[
+        float, typer.Option("--gate-threshold", help="lesion IoU the gate requires")
+    ] = 0.67,
+    max_side: Annotated[
+        int | None,
+        typer.Option("--max-side", help="scale photographs down to this long side on reading"),
+    ] = None,
+    working_side: Annotated[
+        int, typer.Option("--working-side", help="long side for descriptors, colour and SSIM")
+    ] = 512,
+    examples: Annotated[
+        int, typer.Option("--examples", help="photographs shown in the example panels (0: none)")
+    ] = 4,
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="project key file (when no --config): seeds and fingerprint"),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="evaluate only the first N photographs")
+    ] = None,
+) -> None:
+    """Measure privacy (linkage attack) and clinical fidelity (lesion IoU, colour, SSIM) of
+    photograph de-identification on a folder of photographs, with baselines, and write a report."""
+    for name, value, low in (("--working-side", working_side, 64), ("--examples", examples, 0)):
+        if value < low:
+            raise ConfigError(f"{name} must be at least {low}")
+    if max_side is not None and max_side < 64:
+        raise ConfigError("--max-side must be at least 64")
+    if limit is not None and limit < 2:
+        raise ConfigError("--limit must be at least 2 (linkage needs photographs to confuse)")
+    if not 0 <= gate_threshold <= 1:
+        raise ConfigError("--gate-threshold must lie in [0, 1]")
+    _check_report_dir(report)
+
+    project_key: ProjectKey | None = None
+    config_dump: dict[str, Any] | None = None
+    if config is not None:
+        cfg = load_config(config)
+        project_key = cfg.load_key()
+        config_dump = cfg.model_dump(mode="json")
+    elif key is not None:
+        try:
+            project_key = ProjectKey(key.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"--key {key}: cannot be read: {exc.strerror}") from None
+    if route is not None:
+        raise ConfigError(
+            "--route: this configuration has no photograph routes yet; give the edit with "
+            "--model, --source-prompt, --target-prompt and --flowedit"
+        )
+
+    methods: list[Method] = []
+    for spec in (s for s in baselines.split(",") if s.strip()):
+        try:
+            methods.append(baseline(spec))
+        except ValueError as exc:
+            raise ConfigError(f"--baselines: {exc}") from None
+    models: dict[str, dict[str, Any]] = {}
+    overrides = _parse_overrides(flowedit or [])
+    if model is not None:
+        method, identity = _flowedit_method(model, source_prompt, target_prompt, overrides, device)
+        methods.append(method)
+        models[method.name] = identity
+    elif overrides or source_prompt or target_prompt:
+        raise ConfigError("--source-prompt, --target-prompt and --flowedit need --model")
+    if not methods:
+        raise ConfigError("nothing to evaluate: give --model or at least one baseline")
+
+    folder = PhotoFolder(photos, masks, max_side=max_side, key=project_key, limit=limit)
+    if len(folder) < 2:
+        raise InvalidInputError(
+            f"{photos} holds one photograph; the linkage attack needs at least two"
+        )
+    for relative in folder.unreadable:
+        err.print(f"[yellow]left out (cannot be read):[/] {relative}")
+    judge = _judge(mask, gate_threshold)
+    settings = EvaluationSettings(working_side=working_side, examples=examples)
+
+    err.print(
+        f"evaluating {len(folder)} photographs x {len(methods)} methods "
+        f"({', '.join(m.name for m in methods)})"
+    )
+    total = len(folder) * len(methods)
+    with Progress(
+        TextColumn("[bold]{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("starting", total=total)
+
+        def step(what: str) -> None:
+            bar.update(task, advance=1, description=what)
+
+        result = evaluate(folder, methods, judge, settings, progress=step)
+        bar.update(task, description="done")
+
+    notes = []
+    if any(m.test_model for m in methods):
+        from deid_core.models import TEST_MODEL_NOTICE
+
+        notes.append(TEST_MODEL_NOTICE)
+    if masks is not None:
+        missing = sum(s.mask is None for s in folder.sources)
+        if missing:
+            notes.append(f"{missing} photograph(s) had no expert mask")
+        if folder.unmatched_masks:
+            notes.append(f"{folder.unmatched_masks} expert mask(s) matched no photograph")
+    if folder.unreadable:
+        notes.append(f"{len(folder.unreadable)} file(s) could not be read and were left out")
+    if max_side is not None:
+        notes.append(f"photographs were scaled to at most {max_side} px on reading")
+    info = RunInfo(
+        photos=str(photos),
+        masks=str(masks) if masks is not None else None,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        command=["deid-gateway", *sys.argv[1:]],
+        config={
+            "gateway_config": config_dump,
+            "config_file": str(config) if config is not None else None,
+            "route": route,
+            "methods": [{"name": m.name, "kind": m.kind, **m.params} for m in methods],
+            "gate": {"mask": mask, "threshold": gate_threshold, "description": judge.description},
+            "max_side": max_side,
+            "working_side": working_side,
+            "examples": examples,
+            "limit": limit,
+        },
+        models=models,
+        key_fingerprint=project_key.fingerprint() if project_key is not None else None,
+        versions=_versions(),
+        sources=[(s.id, s.relative) for s in folder.sources],
+        notes=notes,
+    )
+    page = write_report(result, info, report)
+    _print_summary(result)
+    out.print(f"report: {page}")
+
+
+def _print_summary(result: EvaluationResult) -> None:
+    table = Table(title="privacy and fidelity per method")
+    for heading in ("method", "re-id top-1", "(attack)", "top-5", "IoU median", "gate pass",
+                    "ΔE00", "SSIM lesion", "s/image"):  # fmt: skip
+        table.add_column(heading, justify="left" if heading == "method" else "right")
+
+    def pct(v: float) -> str:
+        return "–" if v != v else f"{100 * v:.0f}%"
+
+    def num(v: float, digits: int = 2) -> str:
+        return "–" if v != v else f"{v:.{digits}f}"
+
+    for m in result.methods:
+        s = result.summary[m.name]
+        table.add_row(
+            m.name + (" (test model)" if m.test_model else ""),
+            pct(s["reid_top1"]),
+            strongest_attack(s) or "–",
+            pct(s["reid_top5"]),
+            num(s["iou_stability_median"]),
+            pct(s["gate_pass_rate"]),
+            num(s["delta_e00_median"], 1),
+            num(s["ssim_lesion_mean"]),
+            num(s["seconds_per_image"], 3),
+        )
+    out.print(table)
+    out.print(f"chance: top-1 {pct(result.summary[result.methods[0].name]['chance_top1'])}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_command)
