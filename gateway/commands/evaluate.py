@@ -13,39 +13,22 @@ import sys
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
 import gateway
 from deid_core.errors import ConfigError, InvalidInputError
-from deid_core.evaluation import (
-    DEFAULT_BASELINES,
-    DEIDENTIFICATION,
-    EvaluationResult,
-    EvaluationSettings,
-    LesionJudge,
-    Method,
-    ThresholdJudge,
-    baseline,
-    evaluate,
-    strongest_attack,
-)
-from deid_core.evaluation.judge import otsu_redness_mask
 from deid_core.keys import ProjectKey
 from gateway.commands import err, out
 from gateway.config import load_config
-from gateway.evaluation_report import FILES, RunInfo, write_report
-from gateway.photo_folder import PhotoFolder
+
+if TYPE_CHECKING:
+    from deid_core.evaluation import EvaluationResult, LesionJudge, Method
+
+#: The evaluation pulls in scikit-image, SciPy and matplotlib (~2 s): imported when the command
+#: runs, not when `deid-gateway` starts for another command.
+DEFAULT_BASELINES = "none,blur:0.005,blur:0.015,blur:0.04,pixelate:0.01,pixelate:0.03,pixelate:0.06"
 
 _VERSIONED = (
     "numpy",
@@ -102,6 +85,7 @@ def _flowedit_method(
     device: str,
 ) -> tuple[Method, dict[str, Any]]:
     """The route's de-identifying edit as a method of the comparison."""
+    from deid_core.evaluation import DEIDENTIFICATION, Method
     from deid_core.flowedit import FlowEditor, FlowEditParams
     from deid_core.models import load_model
 
@@ -141,6 +125,9 @@ def _flowedit_method(
 
 
 def _judge(kind: str, threshold: float) -> LesionJudge:
+    from deid_core.evaluation import ThresholdJudge
+    from deid_core.evaluation.judge import otsu_redness_mask
+
     if kind == "otsu-a":
         return ThresholdJudge(otsu_redness_mask, threshold, name="a* above Otsu threshold")
     raise ConfigError(f"--mask {kind!r}: expected otsu-a")
@@ -148,6 +135,8 @@ def _judge(kind: str, threshold: float) -> LesionJudge:
 
 def _check_report_dir(report: Path) -> None:
     """Write into a new or empty folder, or over an earlier report; never among other files."""
+    from gateway.evaluation_report import FILES
+
     if report.exists() and not report.is_dir():
         raise InvalidInputError(f"--report {report} exists and is not a folder")
     if report.is_dir():
@@ -193,7 +182,7 @@ def evaluate_command(
             help="comma-separated: none, blur:F, pixelate:F (F: fraction of the long side); "
             "'' for none",
         ),
-    ] = ",".join(DEFAULT_BASELINES),
+    ] = DEFAULT_BASELINES,
     mask: Annotated[str, typer.Option("--mask", help="lesion mask of the gate: otsu-a")] = "otsu-a",
     gate_threshold: Annotated[
         float, typer.Option("--gate-threshold", help="lesion IoU the gate requires")
@@ -218,6 +207,19 @@ def evaluate_command(
 ) -> None:
     """Measure privacy (linkage attack) and clinical fidelity (lesion IoU, colour, SSIM) of
     photograph de-identification on a folder of photographs, with baselines, and write a report."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from deid_core.evaluation import EvaluationSettings, baseline, evaluate
+    from gateway.evaluation_report import RunInfo, write_report
+    from gateway.photo_folder import PhotoFolder
+
     for name, value, low in (("--working-side", working_side, 64), ("--examples", examples, 0)):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}")
@@ -338,6 +340,10 @@ def evaluate_command(
 
 
 def _print_summary(result: EvaluationResult) -> None:
+    from rich.table import Table
+
+    from deid_core.evaluation import strongest_attack
+
     table = Table(title="privacy and fidelity per method")
     for heading in ("method", "re-id top-1", "(attack)", "top-5", "IoU median", "gate pass",
                     "ΔE00", "SSIM lesion", "s/image"):  # fmt: skip

@@ -5,8 +5,10 @@ them apart, as real photographs are."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 from skimage import color
 
@@ -69,3 +71,30 @@ def random_images(images: np.ndarray, seeds: list[int] | tuple[int, ...]) -> np.
     for i, seed in enumerate(seeds):
         out[i] = skin_photo(10_000 + 7919 * seed, images.shape[1], images.shape[2])[0]
     return out
+
+
+def write_photo_folder(
+    root: Path, n: int, *, size: tuple[int, int] = (144, 176), masks: bool = True
+) -> tuple[Path, Path]:
+    """A folder of PNG/JPEG skin photographs and a folder of expert masks in the public sets'
+    naming styles (ISIC `_segmentation` 8-bit, DermSynth3D `_lesions` RGBA white)."""
+    photos, mask_dir = root / "photos", root / "masks"
+    photos.mkdir(parents=True)
+    mask_dir.mkdir()
+    for i in range(n):
+        image, lesion = skin_photo(i, *size)
+        if i % 3 == 2:
+            Image.fromarray(image).save(photos / f"case{i:02d}.jpg", quality=95)
+        else:
+            Image.fromarray(image).save(photos / f"case{i:02d}.png")
+        if not masks:
+            continue
+        if i % 2:
+            rgba = np.zeros((*lesion.shape, 4), np.uint8)
+            rgba[lesion] = 255
+            Image.fromarray(rgba, "RGBA").save(mask_dir / f"case{i:02d}_lesions.png")
+        else:
+            Image.fromarray(lesion.astype(np.uint8) * 255).save(
+                mask_dir / f"case{i:02d}_segmentation.png"
+            )
+    return photos, mask_dir

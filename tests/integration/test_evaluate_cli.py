@@ -1,0 +1,83 @@
+"""`deid-gateway evaluate` as a site runs it: a real subprocess over a folder of photographs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from deid_core.errors import InvalidInputError
+from deid_core.evaluation import DEFAULT_BASELINES
+from gateway.commands import evaluate as evaluate_command
+from gateway.evaluation_report import FILES
+from tests.conftest import run_cli
+from tests.support.skin import write_photo_folder
+
+
+def test_default_baselines_are_the_engines() -> None:
+    assert ",".join(DEFAULT_BASELINES) == evaluate_command.DEFAULT_BASELINES
+
+
+def test_baselines_on_a_folder_with_expert_masks(tmp_path: Path, key_file: Path) -> None:
+    photos, masks = write_photo_folder(tmp_path, 6)
+    report = tmp_path / "report"
+    result = run_cli(
+        [
+            "evaluate", str(photos), "--masks", str(masks), "--report", str(report),
+            "--baselines", "none,blur:0.1,pixelate:0.08", "--examples", "2",
+            "--key", str(key_file),
+        ]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "report:" in result.stdout and "none" in result.stdout
+    for name in FILES:
+        assert (report / name).is_file(), name
+    doc = json.loads((report / "figures.json").read_text())
+    assert doc["run"]["photos"] == 6 and doc["run"]["photos_with_expert_mask"] == 6
+    assert [m["name"] for m in doc["methods"]] == ["none", "blur 10%", "pixelate 8%"]
+    none = doc["methods"][0]["figures"]
+    assert none["reid_top1"] == 1.0 and none["iou_stability_median"] == 1.0
+    blur = doc["methods"][1]["figures"]
+    assert blur["ssim_lesion_mean"] < 0.6 and blur["delta_e00_median"] > 2
+    assert doc["test_model"] is False and doc["models"] == {}
+    assert doc["key_fingerprint"] and doc["key_fingerprint"] in (report / "index.html").read_text()
+    assert doc["config"]["gate"]["threshold"] == 0.67
+    with (report / "photos.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["source"] for r in rows][:2] == ["case00.png", "case01.png"]
+    assert "case00" not in (report / "figures.csv").read_text()
+
+
+def test_report_folder_rules(tmp_path: Path) -> None:
+    """A report may be written into a new or empty folder or over an earlier report, never among
+    other files (they could be anything of the site's)."""
+    report = tmp_path / "report"
+    evaluate_command._check_report_dir(report)
+    report.mkdir()
+    for name in FILES:
+        (report / name).write_text("earlier report")
+    evaluate_command._check_report_dir(report)
+    (report / "mine.txt").write_text("keep me")
+    with pytest.raises(InvalidInputError, match="holds other files"):
+        evaluate_command._check_report_dir(report)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--baselines", "sharpen:0.1"], "unknown baseline"),
+        (["--source-prompt", "a photo"], "need --model"),
+        (["--photos", "nowhere"], "not a folder of photographs"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path: Path, args: list[str], message: str) -> None:
+    photos, _ = write_photo_folder(tmp_path, 2, size=(48, 64), masks=False)
+    if args[0] == "--photos":
+        photos, args = tmp_path / args[1], []
+    result = run_cli(["evaluate", str(photos), "--report", str(tmp_path / "r"), *args])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
