@@ -14,7 +14,7 @@ STAMP := $(VENV)/.deps-stamp
 CONFIG ?= gateway/defaults/gateway.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps venv run test lint format services clean
+.PHONY: setup system-deps venv helm-lint-env run test lint format services clean
 
 setup: system-deps venv
 
@@ -22,6 +22,10 @@ system-deps:
 	@scripts/install-system-deps.sh
 
 venv: $(STAMP)
+
+# Best effort: the Helm library for real `helm lint` of deploy/helm (needs Python >= 3.12).
+helm-lint-env:
+	@scripts/install-helm-lint.sh
 
 $(STAMP): pyproject.toml $(wildcard requirements/*.txt)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required (set PYTHON=...)")'
@@ -41,7 +45,7 @@ run: setup var/project.key
 services:
 	@scripts/start-services.sh
 
-test: setup services
+test: setup helm-lint-env services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory lint
 
@@ -55,4 +59,4 @@ format: venv
 	$(BIN)/ruff check --fix gateway deid_core dicom_io tests benchmarks tools
 
 clean:
-	rm -rf $(VENV) var test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-helm var test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,9 @@ Relative paths in the YAML are resolved against the working directory the gatewa
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -120,6 +122,30 @@ class LoggingConfig(StrictModel):
     format: Literal["json", "console"] = "json"
 
 
+class MetricsConfig(StrictModel):
+    """The monitoring endpoint: /metrics for Prometheus, /healthz and /readyz for orchestrators.
+
+    Loopback by default: metrics name routes and destinations, which a site may not want on every
+    network. In a container, set ``address: 0.0.0.0`` so the scraper and the probes can reach it.
+    """
+
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = Field(default=9477, ge=0, le=65535)
+
+    @field_validator("address")
+    @classmethod
+    def _bind_address(cls, address: str) -> str:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", address):
+                raise ValueError(
+                    "must be an IP address (127.0.0.1, 0.0.0.0, ::) or a host name"
+                ) from None
+        return address
+
+
 class GatewayConfig(StrictModel):
     """The whole configuration file."""
 
@@ -128,6 +154,7 @@ class GatewayConfig(StrictModel):
     site: SiteConfig = SiteConfig()
     profiles: dict[str, ProfileConfig] = Field(default_factory=lambda: {"default": ProfileConfig()})
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def load_key(self, environ: Mapping[str, str] | None = None) -> ProjectKey:
         return self.project.key.load(environ)
