@@ -28,6 +28,7 @@ from deid_core.keys import ProjectKey
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 MASK_SUFFIXES = ("_segmentation", "_lesions", "_lesion", "_mask")
+_PHOTO_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr"})
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ class PhotoFolder(Sequence[Photo]):
         mask_index = _index_masks(masks) if masks is not None else {}
         masks_inside = masks.resolve() if masks is not None else None
         sources: list[PhotoSource] = []
-        #: Files that looked like photographs but cannot be opened (relative paths), left out.
+        #: Files that looked like photographs but cannot be opened, or are not 8-bit photographs
+        #: (relative paths): left out, and said so.
         self.unreadable: list[str] = []
         for path in sorted(folder.rglob("*")):
             hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
@@ -210,7 +212,9 @@ def _opens(path: Path, kind: str) -> bool:
     try:
         if kind == "image":
             with Image.open(path) as im:
-                return im.width > 0 and im.height > 0
+                # 16-bit and float images are not photographs this path edits; converting them
+                # to 8-bit RGB would silently rescale them
+                return im.mode in _PHOTO_MODES and im.width > 0 and im.height > 0
         import pydicom
 
         dataset = pydicom.dcmread(path, stop_before_pixels=False, defer_size=1024)

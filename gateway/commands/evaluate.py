@@ -271,7 +271,7 @@ def evaluate_command(
             f"{photos} holds one photograph; the linkage attack needs at least two"
         )
     for relative in folder.unreadable:
-        err.print(f"[yellow]left out (cannot be read):[/] {relative}")
+        err.print(f"[yellow]left out (unreadable, or not an 8-bit photograph):[/] {relative}")
     judge = _judge(mask, gate_threshold)
     settings = EvaluationSettings(working_side=working_side, examples=examples)
 
@@ -309,7 +309,10 @@ def evaluate_command(
         if folder.unmatched_masks:
             notes.append(f"{folder.unmatched_masks} expert mask(s) matched no photograph")
     if folder.unreadable:
-        notes.append(f"{len(folder.unreadable)} file(s) could not be read and were left out")
+        notes.append(
+            f"{len(folder.unreadable)} file(s) were unreadable or not 8-bit photographs "
+            "and were left out"
+        )
     if max_side is not None:
         notes.append(f"photographs were scaled to at most {max_side} px on reading")
     info = RunInfo(

@@ -88,3 +88,10 @@ def test_an_empty_or_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidInputError, match="holds no photographs"):
         PhotoFolder(tmp_path / "empty")
+
+
+def test_a_16_bit_image_is_left_out_not_rescaled(tmp_path: Path) -> None:
+    photos, _ = write_photo_folder(tmp_path, 2, masks=False)
+    Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(photos / "deep.png")
+    folder = PhotoFolder(photos)
+    assert folder.unreadable == ["deep.png"] and len(folder) == 2
