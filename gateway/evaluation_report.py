@@ -270,43 +270,62 @@ def _json_document(result: EvaluationResult, info: RunInfo) -> dict[str, Any]:
 # --- charts -------------------------------------------------------------------------------------
 
 
-def _colours(result: EvaluationResult) -> dict[str, Any]:
+#: Colour families: blues for blur, greens for pixelation, darker = stronger; reds for the edit.
+_FAMILIES = {"gaussian_blur": "Blues", "pixelation": "Greens", None: "autumn"}
+_MARKERS = {"none": "D", "gaussian_blur": "o", "pixelation": "s", None: "*"}
+
+
+def _styles(result: EvaluationResult) -> dict[str, tuple[Any, str]]:
+    """(colour, marker) per method, so that a reader tells the families apart at a glance."""
     from matplotlib import colormaps
 
-    base = colormaps["tab10"]
-    return {m.name: base(i % 10) for i, m in enumerate(result.methods)}
+    groups: dict[Any, list[str]] = {}
+    for m in result.methods:
+        groups.setdefault(m.params.get("baseline"), []).append(m.name)
+    styles: dict[str, tuple[Any, str]] = {}
+    for family, names in groups.items():
+        if family == "none":
+            for name in names:
+                styles[name] = ("black", _MARKERS["none"])
+            continue
+        cmap = colormaps[_FAMILIES.get(family, "autumn")]
+        for i, name in enumerate(names):
+            shade = 0.45 + 0.5 * (i + 1) / len(names) if family else 0.8 * i / max(1, len(names))
+            styles[name] = (cmap(shade), _MARKERS.get(family, "*"))
+    return styles
+
+
+def _colours(result: EvaluationResult) -> dict[str, Any]:
+    return {name: colour for name, (colour, _) in _styles(result).items()}
 
 
 def _plot_tradeoff(result: EvaluationResult, path: Path) -> None:
-    fig = Figure(figsize=(7.5, 5.5), dpi=110)
+    fig = Figure(figsize=(9, 5.5), dpi=110)
     ax = fig.subplots()
-    colours = _colours(result)
+    styles = _styles(result)
     n = result.overall.get("photos", math.nan)
     for method in result.methods:
         s = result.summary[method.name]
         x, y = s["iou_stability_median"], s["reid_top1"]
         if math.isnan(x) or math.isnan(y):
             continue
-        marker = "o" if method.kind == BASELINE else "*"
-        size = 70 if method.kind == BASELINE else 220
+        colour, marker = styles[method.name]
+        size = 220 if method.kind != BASELINE else 70
         ax.errorbar(
             x,
             y,
             xerr=[[max(0.0, x - s["iou_stability_q25"])], [max(0.0, s["iou_stability_q75"] - x)]],
             yerr=[[max(0.0, y - s["reid_top1_ci_low"])], [max(0.0, s["reid_top1_ci_high"] - y)]],
             fmt="none",
-            ecolor=colours[method.name],
+            ecolor=colour,
             alpha=0.45,
             lw=1,
         )
-        ax.scatter(
-            [x], [y], s=size, marker=marker, color=colours[method.name], label=method.name, zorder=3
-        )
-        ax.scatter(
-            [x], [s["reid_top5"]], s=30, marker="o", facecolors="none",
-            edgecolors=colours[method.name], zorder=3,
-        )  # fmt: skip
-        ax.annotate(method.name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        label = method.name + (" (test model)" if method.test_model else "")
+        ax.scatter([x], [y], s=size, marker=marker, color=colour, label=label, zorder=3,
+                   edgecolors="black", linewidths=0.4)  # fmt: skip
+        ax.scatter([x], [s["reid_top5"]], s=size / 3, marker=marker, facecolors="none",
+                   edgecolors=colour, zorder=3)  # fmt: skip
     if not math.isnan(n) and n > 0:
         ax.axhline(1 / n, color="grey", ls=":", lw=1, label=f"chance top-1 (1/{int(n)})")
         ax.axhline(min(5, n) / n, color="grey", ls="--", lw=0.8, label="chance top-5")
@@ -316,14 +335,14 @@ def _plot_tradeoff(result: EvaluationResult, path: Path) -> None:
         )
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.05)
-    ax.set_xlabel("lesion IoU stability (median, bars: quartiles)  → pathology kept")
-    ax.set_ylabel("re-identified at top-1, strongest attack (bars: 95 % CI)  → privacy lost")
-    title = "Privacy against fidelity (ideal: bottom right; hollow: top-5)"
+    ax.set_xlabel("lesion IoU stability (median; bars: quartiles)  → pathology kept")
+    ax.set_ylabel("re-identified at top-1, strongest attack\n(bars: 95 % CI; hollow: top-5)")
+    title = "Privacy against fidelity: ideal is bottom right"
     if any(m.test_model for m in result.methods):
-        title += "\nTEST MODEL: figures mean nothing clinically"
+        title += "\nTEST MODEL: its figures mean nothing clinically"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", framealpha=0.8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path)
 
