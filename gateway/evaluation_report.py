@@ -560,7 +560,10 @@ def _html(result: EvaluationResult, info: RunInfo) -> str:
         parts.append(f'<tr><td class="name">{esc(m.name)}</td>{cells}</tr>')
     parts += [
         "</table>",
-        "<p>For each output the attacker ranks all originals by similarity (descriptors without "
+        "<p>Threat model: the attacker holds every original photograph (the strongest case, e.g. "
+        "the same photographs kept elsewhere) and tries to say which one each output was made "
+        "from. "
+        "For each output the attacker ranks all originals by similarity (descriptors without "
         "trained weights: ORB keypoints, CIELAB colour histogram, LBP and GLCM texture, a colour "
         "thumbnail; fused: mean of robust z-scores). The headline is the strongest of these "
         "attacks.</p>",
