@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 #: The evaluation pulls in scikit-image, SciPy and matplotlib (~2 s): imported when the command
 #: runs, not when `deid-gateway` starts for another command.
-DEFAULT_BASELINES = "none,blur:0.005,blur:0.015,blur:0.04,pixelate:0.01,pixelate:0.03,pixelate:0.06"
+DEFAULT_BASELINES = "none,blur:0.01,blur:0.03,blur:0.1,pixelate:0.02,pixelate:0.05,pixelate:0.12"
 
 _VERSIONED = (
     "numpy",
@@ -86,6 +86,9 @@ def _flowedit_method(
 ) -> tuple[Method, dict[str, Any]]:
     """The route's de-identifying edit as a method of the comparison."""
     from deid_core.evaluation import DEIDENTIFICATION, Method
+    from gateway.commands.model import offline_ml_environment
+
+    offline_ml_environment()
     from deid_core.flowedit import FlowEditor, FlowEditParams
     from deid_core.models import load_model
 

@@ -81,3 +81,38 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, args: list[str], message: st
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_the_whole_run_with_the_tiny_model(tmp_path: Path) -> None:
+    """The route's edit (FlowEdit on the tiny test model) next to a baseline; the report must say
+    which model made the figures and that they mean nothing clinically."""
+    models = pytest.importorskip("deid_core.models", reason="FlowEdit (issue 4) is not merged yet")
+    model_dir = models.build_tiny_model(tmp_path / "tiny")
+    photos, masks = write_photo_folder(tmp_path, 4, size=(64, 80))
+    report = tmp_path / "report"
+    result = run_cli(
+        [
+            "evaluate", str(photos), "--masks", str(masks), "--report", str(report),
+            "--model", str(model_dir), "--source-prompt", "a photo of skin",
+            "--target-prompt", "a photo of someone else's skin",
+            "--flowedit", "num_steps=8", "--flowedit", "n_max=6", "--baselines", "none",
+            "--examples", "1",
+        ]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "(test model)" in result.stdout
+    doc = json.loads((report / "figures.json").read_text())
+    assert doc["test_model"] is True
+    identity = doc["models"]["flowedit"]
+    assert identity["is_test_model"] is True and identity["identity"]
+    flowedit = next(m for m in doc["methods"] if m["name"] == "flowedit")
+    assert flowedit["kind"] == "deidentification" and flowedit["test_model"] is True
+    assert flowedit["params"]["flowedit"]["n_max"] == 6
+    assert flowedit["params"]["target_prompt"] == "a photo of someone else's skin"
+    figures = flowedit["figures"]
+    assert 0.0 <= figures["reid_top1"] <= 1.0 and figures["chance_top1"] == 0.25
+    assert figures["seconds_per_image"] > 0
+    assert figures["images"] == 4 and figures["errors"] == 0
+    page = (report / "index.html").read_text()
+    assert 'id="test-model-warning"' in page and identity["identity"] in page
