@@ -375,6 +375,12 @@ def _print_summary(result: EvaluationResult) -> None:
             num(s["seconds_per_image"], 3),
         )
     out.print(table)
+    for m in result.methods:
+        if m.test_model:
+            out.print(
+                f"[bold red]{m.name} (test model):[/] made with a test model; its figures "
+                "exercise the measurement and mean nothing clinically"
+            )
     out.print(f"chance: top-1 {pct(result.summary[result.methods[0].name]['chance_top1'])}")
 
 

@@ -95,3 +95,20 @@ def test_a_16_bit_image_is_left_out_not_rescaled(tmp_path: Path) -> None:
     Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(photos / "deep.png")
     folder = PhotoFolder(photos)
     assert folder.unreadable == ["deep.png"] and len(folder) == 2
+
+
+def test_dicom_photographs_are_read_through_dicom_io(tmp_path: Path) -> None:
+    pytest.importorskip("dicom_io.pixels", reason="DICOM pixel I/O (issue 4) is not merged yet")
+    import pydicom.data
+
+    # an RLE-compressed RGB secondary capture from pydicom's wheel (MIT), read without a download
+    source = Path(pydicom.data.__file__).parent / "test_files" / "SC_rgb_rle.dcm"
+    folder_path = tmp_path / "photos"
+    folder_path.mkdir()
+    (folder_path / "a.dcm").write_bytes(Path(source).read_bytes())
+    (folder_path / "b").write_bytes(Path(source).read_bytes())  # no suffix: found by its preamble
+    folder = PhotoFolder(folder_path)
+    assert [s.kind for s in folder.sources] == ["dicom", "dicom"]
+    photo = folder[1]
+    assert photo.image.dtype == np.uint8 and photo.image.shape == (100, 100, 3)
+    assert np.array_equal(photo.image, folder[0].image)
