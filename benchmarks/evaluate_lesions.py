@@ -109,7 +109,7 @@ def _print(name: str, doc: dict) -> None:
             f"{_num(f['iou_stability_median']):>5} {_pct(f['gate_pass_rate']):>5} "
             f"{_num(f['expert_iou_median']):>6} {_num(f['delta_e00_median'], 1):>5} "
             f"{_num(f['delta_a_median'], 1):>6} {_num(f['ssim_lesion_mean']):>7} "
-            f"{_num(f['ssim_rest_mean']):>8} {_num(f['seconds_per_image'], 3):>6}"
+            f"{_num(f['ssim_rest_mean']):>8} {_num(f['seconds_per_image_median'], 3):>6}"
         )
     print(f"chance: top-1 {_pct(doc['methods'][0]['figures']['chance_top1'])}, "
           f"top-5 {_pct(doc['methods'][0]['figures']['chance_top5'])}; "

@@ -89,7 +89,7 @@ SUMMARY_COLUMNS = (
     ("delta_a_median", "lesion Δa*, median", "num"),
     ("ssim_lesion_mean", "SSIM lesion, mean", "num"),
     ("ssim_rest_mean", "SSIM elsewhere, mean", "num"),
-    ("seconds_per_image", "seconds per image", "sec"),
+    ("seconds_per_image_median", "seconds per image (median)", "sec"),
 )
 
 TEST_MODEL_WARNING = (

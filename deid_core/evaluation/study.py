@@ -367,7 +367,10 @@ def _summarise(records: list[ImageRecord], n_originals: int) -> dict[str, float]
         fig[f"{name}_mean"] = _mean([getattr(r, name) for r in ok])
     fig["transform_seconds_mean"] = _mean([r.transform_seconds for r in ok])
     fig["gate_seconds_mean"] = _mean([r.gate_seconds for r in ok])
-    fig["seconds_per_image"] = _mean([r.transform_seconds + r.gate_seconds for r in ok])
+    per_image = [r.transform_seconds + r.gate_seconds for r in ok]
+    fig["seconds_per_image"] = _mean(per_image)
+    # the first edit in a process pays for warm-up; the median is the steady cost
+    fig["seconds_per_image_median"] = _median(per_image)
     return fig
 
 

@@ -372,7 +372,7 @@ def _print_summary(result: EvaluationResult) -> None:
             pct(s["gate_pass_rate"]),
             num(s["delta_e00_median"], 1),
             num(s["ssim_lesion_mean"]),
-            num(s["seconds_per_image"], 3),
+            num(s["seconds_per_image_median"], 3),
         )
     out.print(table)
     for m in result.methods:
