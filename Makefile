@@ -41,6 +41,7 @@ var/project.key: | venv
 
 run: setup var/project.key
 	$(BIN)/deid-gateway check-config $(CONFIG)
+	$(BIN)/deid-gateway serve --config $(CONFIG)
 
 services:
 	@scripts/start-services.sh

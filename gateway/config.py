@@ -122,6 +122,205 @@ class LoggingConfig(StrictModel):
     format: Literal["json", "console"] = "json"
 
 
+# --- the gateway node: DICOM listener, storage, destinations, routes -----------------------------
+
+#: Pixel steps a route may name (gateway.pixels); "flowedit" is provided by the FlowEdit engine.
+PixelStepName = Literal["none", "quarantine_burned_in", "flowedit"]
+
+_KEYWORD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class ServerTlsConfig(StrictModel):
+    """TLS on the DICOM listener: the node's certificate, and optionally the CA that signs the
+    client certificates callers must present."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_client_certs(self) -> ServerTlsConfig:
+        if self.require_client_cert and self.client_ca_file is None:
+            raise ValueError("require_client_cert needs client_ca_file (the CA that signs them)")
+        return self
+
+
+class ClientTlsConfig(StrictModel):
+    """TLS towards a destination: the CA that signs the archive's certificate, and optionally our
+    own client certificate when the archive asks for one."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> ClientTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither")
+        return self
+
+
+class AllowedCaller(StrictModel):
+    """A calling AE title allowed to associate, optionally only from one host or network."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    #: An IP address or a CIDR network ("10.1.2.0/24"); absent means from any host.
+    host: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _valid_network(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR network: {value!r}") from None
+        return value
+
+
+class NodeConfig(StrictModel):
+    """The DICOM listener (SCP) that modalities and PACS send to."""
+
+    ae_title: str = Field(default="DEIDGW", min_length=1, max_length=16)
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=0, le=65535)
+    #: Refuse associations whose called AE title is not ours.
+    check_called_ae: bool = True
+    #: Callers allowed to associate; anyone else is rejected at association.
+    allowed_callers: list[AllowedCaller] = Field(default_factory=list)
+    #: Accept any calling AE title (for a closed test network only).
+    allow_any_caller: bool = False
+    max_associations: int = Field(default=16, ge=1)
+    #: Largest PDU we accept; a large value lets senders use fewer, larger PDUs.
+    max_pdu_size: int = Field(default=262144, ge=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    tls: ServerTlsConfig | None = None
+
+
+class StorageConfig(StrictModel):
+    """Where received, outgoing and quarantined instances and the journal live."""
+
+    spool_dir: Path = Path("var/spool")
+    outbox_dir: Path = Path("var/outbox")
+    quarantine_dir: Path = Path("var/quarantine")
+    journal: Path = Path("var/journal.sqlite")
+    #: Refuse new instances (0xA700) once the spool's file system is fuller than this.
+    high_water_percent: float = Field(default=90.0, gt=0, le=100)
+    #: ... or once less than this many bytes are free there.
+    min_free_bytes: int = Field(default=1 << 30, ge=0)
+    #: A study is complete once no instance has arrived for this long.
+    study_stable_seconds: float = Field(default=30.0, ge=0)
+
+
+class RetryPolicy(StrictModel):
+    """Exponential backoff with jitter between attempts to deliver a batch."""
+
+    max_attempts: int = Field(default=20, ge=1)
+    initial_delay_s: float = Field(default=2.0, ge=0)
+    max_delay_s: float = Field(default=600.0, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    #: Each delay is multiplied by a random factor in [1 - jitter, 1 + jitter].
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+
+class DestinationConfig(StrictModel):
+    """A DICOM archive the gateway forwards to (C-STORE over one association per batch)."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    #: Our calling AE title towards this destination (default: the node's AE title).
+    calling_ae_title: str | None = Field(default=None, min_length=1, max_length=16)
+    tls: ClientTlsConfig | None = None
+    retry: RetryPolicy = RetryPolicy()
+    #: Most instances sent over one association.
+    batch_size: int = Field(default=200, ge=1)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class AttributePattern(StrictModel):
+    """Match an attribute's value against a regular expression (Python syntax, full match)."""
+
+    regex: str
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+AttributeCondition = str | list[str] | AttributePattern
+
+
+class RouteMatch(StrictModel):
+    """Conditions of a route: every condition given must hold; a list means any of its values.
+    No condition at all matches everything."""
+
+    sop_class: list[str] = Field(default_factory=list)
+    modality: list[str] = Field(default_factory=list)
+    calling_ae: list[str] = Field(default_factory=list)
+    called_ae: list[str] = Field(default_factory=list)
+    #: DICOM keyword -> exact value, list of values, or {regex: ...}.
+    attributes: dict[str, AttributeCondition] = Field(default_factory=dict)
+
+    @field_validator("sop_class")
+    @classmethod
+    def _sop_classes(cls, values: list[str]) -> list[str]:
+        from pydicom.uid import UID
+
+        out = []
+        for value in values:
+            if _UID_RE.match(value):
+                out.append(value)
+                continue
+            uid = _storage_class_uid(value)
+            if uid is None:
+                raise ValueError(f"not a SOP class UID or a known SOP class keyword: {value!r}")
+            out.append(str(UID(uid)))
+        return out
+
+    @field_validator("attributes")
+    @classmethod
+    def _keywords(cls, values: dict[str, AttributeCondition]) -> dict[str, AttributeCondition]:
+        from pydicom.datadict import tag_for_keyword
+
+        for keyword in values:
+            if not _KEYWORD_RE.match(keyword) or tag_for_keyword(keyword) is None:
+                raise ValueError(f"not a DICOM attribute keyword: {keyword!r}")
+        return values
+
+
+def _storage_class_uid(keyword: str) -> str | None:
+    """A SOP class UID from its keyword as pynetdicom names it (e.g. CTImageStorage)."""
+    from pynetdicom import sop_class
+
+    uid = getattr(sop_class, keyword, None)
+    return str(uid) if isinstance(uid, str) else None
+
+
+class RouteTarget(StrictModel):
+    """What happens to a matched instance: profile, pixel step, destinations."""
+
+    profile: str = "default"
+    pixels: PixelStepName = "none"
+    destinations: list[str] = Field(min_length=1)
+
+
+class RouteConfig(RouteTarget):
+    """A named routing rule; the first route whose conditions all hold wins."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    match: RouteMatch = RouteMatch()
+
+
 class MetricsConfig(StrictModel):
     """The monitoring endpoint: /metrics for Prometheus, /healthz and /readyz for orchestrators.
 
@@ -155,6 +354,31 @@ class GatewayConfig(StrictModel):
     profiles: dict[str, ProfileConfig] = Field(default_factory=lambda: {"default": ProfileConfig()})
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    node: NodeConfig = NodeConfig()
+    storage: StorageConfig = StorageConfig()
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    #: What happens to an instance no route matches: "quarantine" (the default), or a target.
+    default_route: Literal["quarantine"] | RouteTarget = "quarantine"
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        names: set[str] = set()
+        targets: list[tuple[str, RouteTarget]] = []
+        for i, route in enumerate(self.routes):
+            if route.name in names:
+                raise ValueError(f"routes[{i}].name: route name {route.name!r} is used twice")
+            names.add(route.name)
+            targets.append((f"routes[{i}]", route))
+        if isinstance(self.default_route, RouteTarget):
+            targets.append(("default_route", self.default_route))
+        for where, target in targets:
+            if target.profile not in self.profiles:
+                raise ValueError(f"{where}.profile: no profile named {target.profile!r}")
+            for dest in target.destinations:
+                if dest not in self.destinations:
+                    raise ValueError(f"{where}.destinations: no destination named {dest!r}")
+        return self
 
     def load_key(self, environ: Mapping[str, str] | None = None) -> ProjectKey:
         return self.project.key.load(environ)

@@ -1,0 +1,139 @@
+"""Sending stored files to a DICOM archive: one association per batch, files sent as written.
+
+The files are Part 10 files the gateway wrote itself (the outbox). They are streamed from disk in
+their own transfer syntax (pynetdicom's chunked send, `STORE_SEND_CHUNKED_DATASET`), never decoded
+and re-encoded, and the association proposes exactly the (SOP class, transfer syntax) pairs the
+batch needs. Every socket gets TCP_NODELAY (`dicom_io.net`).
+
+Outcomes are reported per file: a status for each file that got an answer and None for each file
+not sent because the association failed; `AssociationFailed` says why no association was made.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import build_context
+
+from deid_core.errors import InvalidInputError, RetryableError
+from dicom_io.header import read_file_meta
+from dicom_io.net import nodelay_on_open
+
+LOG = logging.getLogger("dicom_io.scu")
+
+#: A presentation context list holds at most 128 entries (PS3.8 9.3.2.2).
+MAX_CONTEXTS = 128
+
+#: Status categories (PS3.4 C.4.2.1.4 / Annex B): warnings still mean the archive kept the data.
+WARNING_STATUSES = frozenset({0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007})
+
+
+def is_stored(status: int) -> bool:
+    """Whether an archive's C-STORE status means it kept the instance."""
+    return status == 0x0000 or status in WARNING_STATUSES
+
+
+class AssociationFailed(RetryableError):
+    """No association could be made (or it broke): `kind` is one of "unreachable", "refused",
+    "aborted", "timeout", "tls" — a small fixed set, safe for metric labels."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class StoreTarget:
+    """Where and how to send."""
+
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str
+    ssl_context: ssl.SSLContext | None = None
+    connect_timeout: float = 10.0
+    dimse_timeout: float = 60.0
+    max_pdu_size: int = 262144
+
+    def describe(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def file_context(path: Path) -> tuple[str, str]:
+    """(SOP class UID, transfer syntax UID) of a Part 10 file, from its file meta."""
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    meta = read_file_meta(head)
+    sop_class = meta.values.get("MediaStorageSOPClassUID")
+    if not sop_class:
+        raise InvalidInputError(f"{path.name}: file meta has no Media Storage SOP Class UID")
+    return sop_class, meta.transfer_syntax
+
+
+def send_files(target: StoreTarget, files: Sequence[Path]) -> list[int | None]:
+    """Send `files` over one association. Returns one entry per file: the archive's status, or
+    None when the file was not sent (association lost). Raises AssociationFailed when no
+    association could be established, InvalidInputError for a file that is not a Part 10 file."""
+    if not files:
+        return []
+    # Files are always sent as stored, streamed from disk (see module docstring).
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    contexts: dict[tuple[str, str], None] = {}
+    for path in files:
+        contexts[file_context(path)] = None
+    if len(contexts) > MAX_CONTEXTS:
+        raise InvalidInputError(
+            f"a batch needs {len(contexts)} presentation contexts; at most {MAX_CONTEXTS} fit"
+        )
+    ae = AE(ae_title=target.calling_ae_title)
+    ae.acse_timeout = target.connect_timeout
+    ae.connection_timeout = target.connect_timeout
+    ae.network_timeout = target.dimse_timeout
+    ae.dimse_timeout = target.dimse_timeout
+    ae.maximum_pdu_size = target.max_pdu_size
+    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
+    tls_args = (target.ssl_context, target.host) if target.ssl_context is not None else None
+    try:
+        assoc = ae.associate(
+            target.host,
+            target.port,
+            ae_title=target.ae_title,
+            evt_handlers=[(evt.EVT_CONN_OPEN, nodelay_on_open)],
+            tls_args=tls_args,
+        )
+    except ssl.SSLError as exc:
+        raise AssociationFailed("tls", f"TLS to {target.describe()} failed: {exc}") from None
+    except OSError as exc:
+        raise AssociationFailed(
+            "unreachable", f"cannot connect to {target.describe()}: {exc}"
+        ) from None
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            raise AssociationFailed("refused", f"{target.describe()} rejected the association")
+        # pynetdicom reports a refused TCP connection as an aborted association too
+        raise AssociationFailed("unreachable", f"no association with {target.describe()}")
+    results: list[int | None] = []
+    try:
+        for path in files:
+            if not assoc.is_established or (results and results[-1] is None):
+                results.append(None)  # the association is gone: the rest waits for a retry
+                continue
+            try:
+                rsp = assoc.send_c_store(path)
+            except (ValueError, AttributeError) as exc:
+                LOG.warning("cannot send a file: %s", exc)
+                results.append(0xC000)
+                continue
+            status = getattr(rsp, "Status", None)
+            results.append(int(status) if status is not None else None)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        else:
+            assoc.abort()
+    return results

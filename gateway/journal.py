@@ -1,0 +1,526 @@
+"""The journal: where every received instance is in its life, in SQLite (WAL).
+
+One row per received instance (`instances`), one per (instance, destination) copy waiting to be
+sent (`outbox`), one per quarantine entry (`quarantine`) and one per operator decision
+(`decisions`). Every stage moves rows forward in one transaction *after* the files it made are
+durable, so a crash at any point leaves either the old state (the stage runs again; its output is
+deterministic) or the new one. A restart resumes every unfinished row.
+
+Durability: WAL with `synchronous=NORMAL`. A commit is then durable against a crash of the process
+(`kill -9`) but the last commits may roll back on a power loss. That is safe here because the
+journal is not the only record: the SCP fsyncs each received file and its directory before it
+writes the row, and the spool files carry their sender in their File Meta Information, so on start
+`Spool.adopt_orphans` re-registers any spooled file without a row. `synchronous=FULL` would add an
+fsync of the WAL to every C-STORE for no extra safety. Later stages can repeat work after a power
+loss (at-least-once; pseudonyms are deterministic, so a re-sent instance is identical).
+
+Rows hold no PHI: studies are identified by a keyed hash (`study_key`), files by random names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class InstanceState(StrEnum):
+    RECEIVED = "received"  # durable in the spool, waiting for its study to be complete
+    QUEUED = "queued"  # de-identified copies are in the outbox
+    FORWARDED = "forwarded"  # every destination has it; the spool file is gone
+    QUARANTINED = "quarantined"  # held in quarantine (rejected or dead-lettered)
+
+
+class OutboxState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"  # dead-lettered to quarantine after the configured attempts
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY,
+    spool_path TEXT NOT NULL UNIQUE,
+    study_key TEXT NOT NULL,
+    association_id TEXT NOT NULL DEFAULT '',
+    calling_ae TEXT NOT NULL DEFAULT '',
+    called_ae TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL DEFAULT 0,
+    received_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    route TEXT,
+    reason TEXT,
+    override TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_state_study ON instances(state, study_key);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    instance_id INTEGER NOT NULL REFERENCES instances(id),
+    destination TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    study_key TEXT NOT NULL,
+    route TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(destination, state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_instance ON outbox(instance_id);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id TEXT PRIMARY KEY,
+    instance_id INTEGER REFERENCES instances(id),
+    reason TEXT NOT NULL,
+    route TEXT NOT NULL DEFAULT '',
+    destination TEXT NOT NULL DEFAULT '',
+    study_key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    entry_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    id: int
+    spool_path: str
+    study_key: str
+    association_id: str
+    calling_ae: str
+    called_ae: str
+    size: int
+    received_at: float
+    state: str
+    route: str | None
+    reason: str | None
+    override: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    instance_id: int
+    destination: str
+    path: str
+    study_key: str
+    route: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    id: str
+    instance_id: int | None
+    reason: str
+    route: str
+    destination: str
+    study_key: str
+    state: str
+    created_at: float
+
+
+def _instance(row: sqlite3.Row) -> InstanceRow:
+    return InstanceRow(
+        id=row["id"],
+        spool_path=row["spool_path"],
+        study_key=row["study_key"],
+        association_id=row["association_id"],
+        calling_ae=row["calling_ae"],
+        called_ae=row["called_ae"],
+        size=row["size"],
+        received_at=row["received_at"],
+        state=row["state"],
+        route=row["route"],
+        reason=row["reason"],
+        override=json.loads(row["override"]) if row["override"] else {},
+    )
+
+
+def _outbox(row: sqlite3.Row) -> OutboxRow:
+    return OutboxRow(
+        id=row["id"],
+        instance_id=row["instance_id"],
+        destination=row["destination"],
+        path=row["path"],
+        study_key=row["study_key"],
+        route=row["route"],
+        state=row["state"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+    )
+
+
+def _quarantine(row: sqlite3.Row) -> QuarantineRow:
+    return QuarantineRow(
+        id=row["id"],
+        instance_id=row["instance_id"],
+        reason=row["reason"],
+        route=row["route"],
+        destination=row["destination"],
+        study_key=row["study_key"],
+        state=row["state"],
+        created_at=row["created_at"],
+    )
+
+
+class Journal:
+    """Thread-safe access to the journal database (one connection, serialised by a lock)."""
+
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self.transaction() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        self._closed = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database and close. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            # another process may hold a read lock; the WAL then stays valid as it is
+            with contextlib.suppress(sqlite3.OperationalError):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+            self._closed = True
+
+    # --- instances ---------------------------------------------------------------------------
+
+    def add_received(
+        self,
+        spool_path: str,
+        study_key: str,
+        *,
+        association_id: str = "",
+        calling_ae: str = "",
+        called_ae: str = "",
+        size: int = 0,
+        received_at: float | None = None,
+        override: dict[str, Any] | None = None,
+    ) -> int:
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO instances (spool_path, study_key, association_id, calling_ae,"
+                " called_ae, size, received_at, state, override, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    spool_path,
+                    study_key,
+                    association_id,
+                    calling_ae,
+                    called_ae,
+                    size,
+                    received_at if received_at is not None else now,
+                    InstanceState.RECEIVED.value,
+                    json.dumps(override) if override else None,
+                    now,
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def known_spool_paths(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT spool_path FROM instances")}
+
+    def stable_studies(self, older_than: float, limit: int = 50) -> list[str]:
+        """Studies with instances waiting whose newest arrival is older than `older_than`."""
+        rows = self._query(
+            "SELECT study_key, MAX(received_at) AS newest FROM instances WHERE state=?"
+            " GROUP BY study_key HAVING newest <= ? ORDER BY newest LIMIT ?",
+            (InstanceState.RECEIVED.value, older_than, limit),
+        )
+        return [r["study_key"] for r in rows]
+
+    def received_in_study(self, study_key: str) -> list[InstanceRow]:
+        return [
+            _instance(r)
+            for r in self._query(
+                "SELECT * FROM instances WHERE state=? AND study_key=? ORDER BY id",
+                (InstanceState.RECEIVED.value, study_key),
+            )
+        ]
+
+    def instance(self, instance_id: int) -> InstanceRow | None:
+        rows = self._query("SELECT * FROM instances WHERE id=?", (instance_id,))
+        return _instance(rows[0]) if rows else None
+
+    def mark_queued(
+        self, instance_id: int, route: str, copies: Sequence[tuple[str, str]], study_key: str
+    ) -> list[int]:
+        """The instance's de-identified copies are durable in the outbox: one pending row per
+        (destination, outbox path)."""
+        return self.mark_queued_many([(instance_id, route, copies)], study_key)
+
+    def mark_queued_many(
+        self,
+        instances: Sequence[tuple[int, str, Sequence[tuple[str, str]]]],
+        study_key: str,
+    ) -> list[int]:
+        """Several instances' copies in one transaction (a whole study at once)."""
+        now = time.time()
+        ids = []
+        with self.transaction() as db:
+            for instance_id, route, copies in instances:
+                for destination, path in copies:
+                    cur = db.execute(
+                        "INSERT INTO outbox (instance_id, destination, path, study_key, route,"
+                        " state, next_attempt_at, created_at, updated_at)"
+                        " VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            instance_id,
+                            destination,
+                            path,
+                            study_key,
+                            route,
+                            OutboxState.PENDING.value,
+                            now,
+                            now,
+                            now,
+                        ),
+                    )
+                    ids.append(int(cur.lastrowid or 0))
+                db.execute(
+                    "UPDATE instances SET state=?, route=?, updated_at=? WHERE id=?",
+                    (InstanceState.QUEUED.value, route, now, instance_id),
+                )
+        return ids
+
+    def mark_quarantined(
+        self,
+        instance_id: int,
+        entry_id: str,
+        reason: str,
+        route: str,
+        study_key: str,
+        destination: str = "",
+    ) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO quarantine (id, instance_id, reason, route, destination, study_key,"
+                " state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (entry_id, instance_id, reason, route, destination, study_key, "held", now, now),
+            )
+            if not destination:
+                db.execute(
+                    "UPDATE instances SET state=?, route=?, reason=?, updated_at=? WHERE id=?",
+                    (InstanceState.QUARANTINED.value, route, reason, now, instance_id),
+                )
+
+    def finished_instances(self, instance_ids: Iterable[int]) -> list[InstanceRow]:
+        """Instances (among `instance_ids`) in state queued with no pending outbox row left: mark
+        them forwarded (every copy sent) or quarantined (a copy dead-lettered) and return them."""
+        done: list[InstanceRow] = []
+        now = time.time()
+        with self.transaction() as db:
+            for iid in set(instance_ids):
+                states = [
+                    r[0] for r in db.execute("SELECT state FROM outbox WHERE instance_id=?", (iid,))
+                ]
+                if not states or OutboxState.PENDING.value in states:
+                    continue
+                row = db.execute(
+                    "SELECT * FROM instances WHERE id=? AND state=?",
+                    (iid, InstanceState.QUEUED.value),
+                ).fetchone()
+                if row is None:
+                    continue
+                final = (
+                    InstanceState.FORWARDED
+                    if all(s == OutboxState.SENT.value for s in states)
+                    else InstanceState.QUARANTINED
+                )
+                db.execute(
+                    "UPDATE instances SET state=?, updated_at=? WHERE id=?",
+                    (final.value, now, iid),
+                )
+                done.append(_instance(row))
+        return done
+
+    # --- outbox ------------------------------------------------------------------------------
+
+    def next_batch(self, destination: str, now: float, limit: int) -> list[OutboxRow]:
+        """The due rows of the study whose earliest row is due first, up to `limit`."""
+        first = self._query(
+            "SELECT study_key FROM outbox WHERE destination=? AND state=? AND next_attempt_at<=?"
+            " ORDER BY next_attempt_at, id LIMIT 1",
+            (destination, OutboxState.PENDING.value, now),
+        )
+        if not first:
+            return []
+        return [
+            _outbox(r)
+            for r in self._query(
+                "SELECT * FROM outbox WHERE destination=? AND state=? AND study_key=?"
+                " AND next_attempt_at<=? ORDER BY id LIMIT ?",
+                (destination, OutboxState.PENDING.value, first[0][0], now, limit),
+            )
+        ]
+
+    def next_due_at(self, destination: str) -> float | None:
+        rows = self._query(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE destination=? AND state=?",
+            (destination, OutboxState.PENDING.value),
+        )
+        value = rows[0][0] if rows else None
+        return float(value) if value is not None else None
+
+    def mark_sent(self, outbox_ids: Sequence[int]) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE outbox SET state=?, updated_at=? WHERE id=?",
+                [(OutboxState.SENT.value, now, i) for i in outbox_ids],
+            )
+
+    def reschedule(self, outbox_id: int, attempts: int, next_at: float, error: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE outbox SET attempts=?, next_attempt_at=?, last_error=?, updated_at=?"
+                " WHERE id=?",
+                (attempts, next_at, error, time.time(), outbox_id),
+            )
+
+    def mark_dead(self, outbox_id: int, attempts: int, error: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE outbox SET state=?, attempts=?, last_error=?, updated_at=? WHERE id=?",
+                (OutboxState.DEAD.value, attempts, error, time.time(), outbox_id),
+            )
+
+    def requeue(self, outbox_id: int, path: str) -> None:
+        """A dead-lettered copy released by an operator: pending again, attempts from zero."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE outbox SET state=?, attempts=0, next_attempt_at=?, path=?, updated_at=?"
+                " WHERE id=?",
+                (OutboxState.PENDING.value, now, path, now, outbox_id),
+            )
+            db.execute(
+                "UPDATE instances SET state=?, updated_at=? WHERE id=(SELECT instance_id FROM"
+                " outbox WHERE id=?)",
+                (InstanceState.QUEUED.value, now, outbox_id),
+            )
+
+    def outbox_row(self, outbox_id: int) -> OutboxRow | None:
+        rows = self._query("SELECT * FROM outbox WHERE id=?", (outbox_id,))
+        return _outbox(rows[0]) if rows else None
+
+    def dead_row_for(self, instance_id: int, destination: str) -> OutboxRow | None:
+        rows = self._query(
+            "SELECT * FROM outbox WHERE instance_id=? AND destination=? AND state=?",
+            (instance_id, destination, OutboxState.DEAD.value),
+        )
+        return _outbox(rows[0]) if rows else None
+
+    def live_outbox_paths(self) -> set[str]:
+        return {
+            r[0]
+            for r in self._query(
+                "SELECT path FROM outbox WHERE state=?", (OutboxState.PENDING.value,)
+            )
+        }
+
+    # --- quarantine ----------------------------------------------------------------------------
+
+    def quarantine_entries(self, state: str | None = "held") -> list[QuarantineRow]:
+        if state is None:
+            rows = self._query("SELECT * FROM quarantine ORDER BY created_at")
+        else:
+            rows = self._query(
+                "SELECT * FROM quarantine WHERE state=? ORDER BY created_at", (state,)
+            )
+        return [_quarantine(r) for r in rows]
+
+    def quarantine_entry(self, entry_id: str) -> QuarantineRow | None:
+        rows = self._query("SELECT * FROM quarantine WHERE id=?", (entry_id,))
+        return _quarantine(rows[0]) if rows else None
+
+    def known_quarantine_ids(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT id FROM quarantine")}
+
+    def close_quarantine_entry(
+        self, entry_id: str, state: str, action: str, detail: dict[str, Any]
+    ) -> None:
+        """Record an operator decision (release or purge) on a quarantine entry."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE quarantine SET state=?, updated_at=? WHERE id=?", (state, now, entry_id)
+            )
+            db.execute(
+                "INSERT INTO decisions (at, entry_id, action, detail) VALUES (?,?,?,?)",
+                (now, entry_id, action, json.dumps(detail, sort_keys=True)),
+            )
+
+    def decisions(self, entry_id: str) -> list[dict[str, Any]]:
+        return [
+            {"at": r["at"], "action": r["action"], "detail": json.loads(r["detail"])}
+            for r in self._query(
+                "SELECT * FROM decisions WHERE entry_id=? ORDER BY id", (entry_id,)
+            )
+        ]
+
+    # --- backlog -------------------------------------------------------------------------------
+
+    def state_counts(self) -> dict[str, int]:
+        counts = {state.value: 0 for state in InstanceState}
+        for r in self._query("SELECT state, COUNT(*) FROM instances GROUP BY state"):
+            counts[r[0]] = int(r[1])
+        return counts
+
+    def outbox_counts(self) -> dict[str, int]:
+        return {
+            r[0]: int(r[1])
+            for r in self._query(
+                "SELECT destination, COUNT(*) FROM outbox WHERE state=? GROUP BY destination",
+                (OutboxState.PENDING.value,),
+            )
+        }

@@ -1,0 +1,271 @@
+"""The gateway node: start-up (with recovery), the worker threads, and graceful shutdown.
+
+Start-up order: storage and journal, recovery of whatever a crash left (partial spool files,
+spooled files without a row, outbox copies and quarantine folders without a row), the pipeline (a
+bad profile or pixel step stops the start here), the forwarders, the assembler — and only then the
+DICOM listener, so nothing is accepted before everything downstream is ready.
+
+Shutdown (SIGTERM/SIGINT) in stages: stop accepting associations, let open associations finish
+(up to the drain timeout, then abort them: an instance without success status stays with its
+sender), let the assembler finish the study in hand and the forwarders the batch in flight, then
+checkpoint and close the journal. `shutdown()` is safe to call twice and from several threads.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import FrameType
+
+from deid_core.errors import ConfigError
+from deid_core.keys import ProjectKey
+from dicom_io.scp import AccessPolicy, StorageSCP, caller_rules
+from dicom_io.tls import server_context
+from gateway.config import GatewayConfig
+from gateway.events import Backlog, EventBus
+from gateway.forwarder import DestinationWorker, Forwarder, store_target
+from gateway.ingest import Ingest, adopt_orphans
+from gateway.journal import Journal
+from gateway.logs import get_logger
+from gateway.outbox import Outbox
+from gateway.pipeline import DeidentifierFactory, Pipeline
+from gateway.quarantine import Quarantine
+from gateway.spool import DirectorySync, Spool
+
+LOG = get_logger("gateway.node")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The node's durable state, also opened by the quarantine commands."""
+
+    journal: Journal
+    spool: Spool
+    outbox: Outbox
+    quarantine: Quarantine
+
+    @classmethod
+    def open(cls, cfg: GatewayConfig) -> Storage:
+        s = cfg.storage
+        dirsync = DirectorySync()
+        journal = Journal(s.journal)
+        spool = Spool(
+            s.spool_dir,
+            high_water_percent=s.high_water_percent,
+            min_free_bytes=s.min_free_bytes,
+            dirsync=dirsync,
+        )
+        return cls(
+            journal=journal,
+            spool=spool,
+            outbox=Outbox(s.outbox_dir, dirsync),
+            quarantine=Quarantine(s.quarantine_dir, journal, dirsync),
+        )
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+class BacklogReader:
+    """`BacklogProbe` for the metrics collector: queued work right now."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def backlog(self) -> Backlog:
+        st = self.storage
+        return Backlog(
+            journal_states=st.journal.state_counts(),
+            outbox_per_destination=st.journal.outbox_counts(),
+            spool_bytes=st.spool.used_bytes(),
+            disk_free_bytes=st.spool.free_bytes(),
+        )
+
+
+def access_policy(cfg: GatewayConfig) -> AccessPolicy:
+    n = cfg.node
+    if not n.allowed_callers and not n.allow_any_caller:
+        raise ConfigError(
+            "node.allowed_callers: no caller could ever associate; list the modalities and PACS "
+            "that send (ae_title, host) or set node.allow_any_caller on a closed test network"
+        )
+    return AccessPolicy(
+        ae_title=n.ae_title,
+        callers=caller_rules([(c.ae_title, c.host) for c in n.allowed_callers]),
+        allow_any_caller=n.allow_any_caller,
+        check_called_ae=n.check_called_ae,
+        max_associations=n.max_associations,
+    )
+
+
+class GatewayNode:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        key: ProjectKey,
+        events: EventBus | None = None,
+        *,
+        deidentifier_factory: DeidentifierFactory | None = None,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.cfg = cfg
+        self.key = key
+        self.events = events or EventBus()
+        self.drain_timeout = drain_timeout
+        self._deidentifier_factory = deidentifier_factory
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stop_assembler = threading.Event()
+        self._assembler: threading.Thread | None = None
+        self.storage: Storage | None = None
+        self.scp: StorageSCP | None = None
+        self.forwarder: Forwarder | None = None
+        self.pipeline: Pipeline | None = None
+        self.address: tuple[str, int] | None = None
+
+    # --- start ---------------------------------------------------------------------------------
+
+    def start(self) -> tuple[str, int]:
+        cfg = self.cfg
+        policy = access_policy(cfg)
+        ssl_ctx = None
+        if cfg.node.tls is not None:
+            t = cfg.node.tls
+            ssl_ctx = server_context(
+                t.cert_file, t.key_file, t.client_ca_file, t.require_client_cert
+            )
+        storage = Storage.open(cfg)
+        self.storage = storage
+        self._recover(storage)
+        self.pipeline = Pipeline(
+            cfg,
+            self.key,
+            storage.journal,
+            storage.spool,
+            storage.outbox,
+            storage.quarantine,
+            self.events,
+            self._deidentifier_factory,
+        )
+        rng = random.Random()
+        workers = {
+            name: DestinationWorker(
+                name,
+                dest,
+                store_target(name, dest, cfg),
+                storage.journal,
+                storage.outbox,
+                storage.spool,
+                storage.quarantine,
+                self.events,
+                rng,
+            )
+            for name, dest in cfg.destinations.items()
+        }
+        self.forwarder = Forwarder(workers)
+        self.forwarder.start()
+        self._assembler = threading.Thread(target=self._assemble, name="assembler", daemon=True)
+        self._assembler.start()
+        self.scp = StorageSCP(
+            policy=policy,
+            sink=Ingest(storage.spool, storage.journal, self.key, self.events),
+            host=cfg.node.host,
+            port=cfg.node.port,
+            max_pdu_size=cfg.node.max_pdu_size,
+            network_timeout=cfg.node.network_timeout_s,
+            ssl_context=ssl_ctx,
+        )
+        self.address = self.scp.start()
+        LOG.info(
+            "gateway_listening",
+            ae_title=cfg.node.ae_title,
+            host=self.address[0],
+            port=self.address[1],
+            tls=ssl_ctx is not None,
+            destinations=sorted(cfg.destinations),
+            routes=[r.name for r in cfg.routes],
+            key_fingerprint=self.key.fingerprint(),
+        )
+        return self.address
+
+    def _recover(self, storage: Storage) -> None:
+        partial = storage.spool.remove_partial_files()
+        adopted = adopt_orphans(storage.spool, storage.journal, self.key)
+        outbox_orphans = storage.outbox.remove_orphans(storage.journal.live_outbox_paths())
+        quarantine_orphans = storage.quarantine.remove_orphans()
+        states = storage.journal.state_counts()
+        LOG.info(
+            "recovered",
+            partial_files_removed=partial,
+            spool_files_adopted=adopted,
+            outbox_orphans_removed=outbox_orphans,
+            quarantine_orphans_removed=quarantine_orphans,
+            waiting=states.get("received", 0),
+            queued=states.get("queued", 0),
+        )
+
+    def _assemble(self) -> None:
+        assert self.pipeline is not None
+        interval = min(0.5, max(0.05, self.cfg.storage.study_stable_seconds / 4))
+        while not self._stop_assembler.is_set():
+            try:
+                handled = self.pipeline.process_ready(stop=self._stop_assembler)
+            except Exception:
+                LOG.exception("assembler_error")
+                handled = 0
+            if handled and self.forwarder is not None:
+                self.forwarder.wake()
+            if not handled:
+                self._stop_assembler.wait(interval)
+
+    # --- observe -------------------------------------------------------------------------------
+
+    def backlog(self) -> Backlog:
+        assert self.storage is not None
+        return BacklogReader(self.storage).backlog()
+
+    # --- stop ----------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            started = time.monotonic()
+            LOG.info("shutdown_started")
+            if self.scp is not None:
+                self.scp.stop_accepting()
+                if not self.scp.wait_idle(self.drain_timeout):
+                    LOG.warning("shutdown_aborting_associations")
+                    self.scp.abort_all()
+                    self.scp.wait_idle(5.0)
+            self._stop_assembler.set()
+            if self._assembler is not None:
+                self._assembler.join(self.drain_timeout)
+            if self.forwarder is not None:
+                self.forwarder.stop(self.drain_timeout)
+            if self.storage is not None:
+                self.storage.close()
+            self._stopped.set()
+            LOG.info("shutdown_complete", seconds=round(time.monotonic() - started, 3))
+
+    def serve_forever(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Run until a signal arrives, then shut down gracefully."""
+        stop = threading.Event()
+
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            LOG.info("signal_received", signal=signal.Signals(signum).name)
+            stop.set()
+
+        for sig in signals:
+            signal.signal(sig, _on_signal)
+        while not stop.wait(0.5):
+            pass
+        self.shutdown()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()

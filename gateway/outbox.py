@@ -1,0 +1,51 @@
+"""Per-destination outbox: de-identified copies waiting to be sent, durable on disk.
+
+`<outbox>/<destination>/<study key>/<random>.dcm`. Because the copies are on disk (and in the
+journal), an archive that is down only makes the outbox grow; ingest never waits for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+
+from gateway.spool import DirectorySync, ensure_directory, write_durably
+
+
+class Outbox:
+    def __init__(self, root: Path, dirsync: DirectorySync | None = None) -> None:
+        self.root = root
+        self.dirsync = dirsync or DirectorySync()
+        ensure_directory(root, self.dirsync)
+
+    def put(self, destination: str, study_key: str, data: bytes) -> str:
+        """Store one copy durably; return its path relative to the outbox root."""
+        directory = self.root / destination / study_key
+        ensure_directory(directory, self.dirsync)
+        name = uuid.uuid4().hex + ".dcm"
+        write_durably(directory, name, (data,), self.dirsync)
+        return str((directory / name).relative_to(self.root))
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def remove(self, relative: str) -> None:
+        path = self.root / relative
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # the study's folder, once empty
+
+    def remove_orphans(self, live: set[str]) -> int:
+        """Delete copies no pending journal row refers to (written before a crash, or already
+        sent): they would never be sent, or would be sent twice."""
+        removed = 0
+        for path in list(self.root.glob("*/*/*")):
+            relative = str(path.relative_to(self.root))
+            if path.is_file() and relative not in live:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def used_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.glob("*/*/*.dcm"))

@@ -1,0 +1,334 @@
+"""The pipeline: complete studies → route → de-identify → pixel step → outbox (or quarantine).
+
+The assembler asks the journal for studies whose newest instance is older than the stable age and
+processes their waiting instances one by one. Each instance ends in exactly one of two durable
+places before its journal row moves: the outbox (one de-identified copy per destination) or the
+quarantine (with a reason). A crash in between leaves the row `received`, and the instance is
+processed again on start; the result is the same because pseudonyms are keyed and deterministic.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pydicom
+from pydicom import Dataset
+
+from deid_core.errors import InvalidInputError, PermanentError
+from deid_core.keys import ProjectKey
+from gateway.config import GatewayConfig
+from gateway.events import (
+    EventBus,
+    InstanceQuarantined,
+    InstanceRejected,
+    QuarantineReason,
+    Stage,
+    StageCompleted,
+    StudyRouted,
+)
+from gateway.ingest import NO_STUDY
+from gateway.journal import InstanceRow, Journal
+from gateway.logs import get_logger
+from gateway.outbox import Outbox
+from gateway.pixels import PixelContext, PixelRejected, PixelStep, build_pixel_step
+from gateway.quarantine import Quarantine
+from gateway.routing import Route, RouteContext, Router
+from gateway.spool import Spool
+
+LOG = get_logger("gateway.pipeline")
+
+
+class Deidentifier(Protocol):
+    def deidentify(self, ds: Dataset) -> Dataset: ...
+
+
+DeidentifierFactory = Callable[[GatewayConfig, str, ProjectKey], Deidentifier]
+
+
+def default_deidentifier_factory() -> DeidentifierFactory:
+    """The metadata de-identification of issue 2 (`gateway.profiles.build_deidentifier`).
+
+    This is the single place the pipeline obtains a de-identifier; until the real one is on the
+    main branch a minimal stand-in is used and says so in the log."""
+    try:
+        from gateway.profiles import build_deidentifier
+    except ImportError:
+        LOG.warning("deidentifier_stand_in", detail="gateway.profiles not available yet")
+        return _StandInDeidentifier.build
+    factory: DeidentifierFactory = build_deidentifier
+    return factory
+
+
+class _StandInDeidentifier:
+    """TEMPORARY stand-in until gateway.profiles lands (issue 2): replaces UIDs with keyed 2.25
+    UIDs and blanks the patient's name and ID. Not a confidentiality profile; delete it then."""
+
+    _UID_KEYWORDS = (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "FrameOfReferenceUID",
+    )
+
+    def __init__(self, key: ProjectKey) -> None:
+        self.key = key
+
+    @classmethod
+    def build(cls, cfg: GatewayConfig, profile: str, key: ProjectKey) -> _StandInDeidentifier:
+        return cls(key)
+
+    def _uid(self, uid: str) -> str:
+        digest = self.key.hmac("uid", uid.encode("ascii", "replace"))
+        return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+    def deidentify(self, ds: Dataset) -> Dataset:
+        if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+            raise InvalidInputError("the data set lacks SOP or Study Instance UID")
+        out = copy.deepcopy(ds)
+        for keyword in self._UID_KEYWORDS:
+            if keyword in out:
+                setattr(out, keyword, self._uid(str(out[keyword].value)))
+        pid = self.key.hmac("patient", str(ds.get("PatientID", "")).encode()).hex()[:12]
+        out.PatientName = "ANON^" + pid
+        out.PatientID = pid
+        out.PatientIdentityRemoved = "YES"
+        out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+        for keyword in (
+            "SourceApplicationEntityTitle",
+            "SendingApplicationEntityTitle",
+            "ReceivingApplicationEntityTitle",
+            "SendingPresentationAddress",
+        ):
+            if keyword in out.file_meta:
+                delattr(out.file_meta, keyword)
+        return out
+
+
+def _encode(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@dataclass
+class StudyResult:
+    queued: int = 0
+    quarantined: int = 0
+
+
+class Pipeline:
+    """Processes complete studies. Thread-safe for one caller at a time (the assembler)."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        key: ProjectKey,
+        journal: Journal,
+        spool: Spool,
+        outbox: Outbox,
+        quarantine: Quarantine,
+        events: EventBus,
+        deidentifier_factory: DeidentifierFactory | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.key = key
+        self.journal = journal
+        self.spool = spool
+        self.outbox = outbox
+        self.quarantine = quarantine
+        self.events = events
+        self.router = Router.from_config(cfg)
+        factory = deidentifier_factory or default_deidentifier_factory()
+        # Built once at start-up: a bad profile or pixel step stops the gateway before it listens.
+        self._deidentifiers: dict[str, Deidentifier] = {
+            name: factory(cfg, name, key) for name in cfg.profiles
+        }
+        steps = {r.pixels for r in cfg.routes}
+        if not isinstance(cfg.default_route, str):
+            steps.add(cfg.default_route.pixels)
+        steps.add("none")
+        self._pixel_steps: dict[str, PixelStep] = {
+            name: build_pixel_step(name, cfg) for name in steps
+        }
+
+    # --- assembly ------------------------------------------------------------------------------
+
+    def process_ready(self, now: float | None = None, stop: threading.Event | None = None) -> int:
+        """Process every study that has been stable long enough; returns instances handled."""
+        now = time.time() if now is None else now
+        cutoff = now - self.cfg.storage.study_stable_seconds
+        handled = 0
+        for skey in self.journal.stable_studies(cutoff):
+            if stop is not None and stop.is_set():
+                break
+            result = self.process_study(skey)
+            handled += result.queued + result.quarantined
+        return handled
+
+    def process_study(self, study_key: str) -> StudyResult:
+        result = StudyResult()
+        routed: Counter[str] = Counter()
+        # The study's outbox copies are committed together, so a forwarder sees the whole study
+        # at once (one association per study batch). A crash before the commit leaves every row
+        # `received`; the copies already written are orphans, removed on start.
+        staged: list[tuple[int, str, list[tuple[str, str]]]] = []
+        for row in self.journal.received_in_study(study_key):
+            route_name = self._process_instance(row, result, staged)
+            if route_name is not None:
+                routed[route_name] += 1
+        if staged:
+            self.journal.mark_queued_many(staged, study_key)
+        for route_name, count in routed.items():
+            self.events.emit(StudyRouted(study_key=study_key, route=route_name, instances=count))
+        LOG.info(
+            "study_processed",
+            study_key=study_key,
+            queued=result.queued,
+            quarantined=result.quarantined,
+        )
+        return result
+
+    # --- one instance --------------------------------------------------------------------------
+
+    def _quarantine(
+        self,
+        row: InstanceRow,
+        data: bytes,
+        reason: QuarantineReason,
+        route: str,
+        result: StudyResult,
+        details: dict[str, Any] | None = None,
+        artifacts: dict[str, bytes] | None = None,
+        rejected: bool = False,
+    ) -> None:
+        entry = self.quarantine.put(
+            instance_id=row.id,
+            data=data,
+            reason=reason,
+            route=route,
+            study_key=row.study_key,
+            details=details,
+            artifacts=artifacts,
+        )
+        self.spool.remove(row.spool_path)
+        result.quarantined += 1
+        if rejected:
+            self.events.emit(InstanceRejected(route=route, reason=reason))
+        self.events.emit(InstanceQuarantined(route=route, reason=reason))
+        LOG.info(
+            "instance_quarantined",
+            study_key=row.study_key,
+            route=route,
+            reason=reason.value,
+            entry=entry,
+        )
+
+    def _process_instance(
+        self,
+        row: InstanceRow,
+        result: StudyResult,
+        staged: list[tuple[int, str, list[tuple[str, str]]]],
+    ) -> str | None:
+        try:
+            data = self.spool.read(row.spool_path)
+        except FileNotFoundError:
+            LOG.error("spool_file_missing", study_key=row.study_key, instance=row.id)
+            return None
+        try:
+            original = pydicom.dcmread(io.BytesIO(data))
+            if row.study_key == NO_STUDY:
+                raise InvalidInputError("no Study Instance UID")
+        except Exception as exc:
+            self._quarantine(
+                row, data, QuarantineReason.UNREADABLE, "", result, {"error": _safe_error(exc)}
+            )
+            return None
+        route = self._route(row, original)
+        if route is None:
+            self._quarantine(row, data, QuarantineReason.NO_ROUTE, "", result)
+            return None
+        started = time.perf_counter()
+        try:
+            deidentified = self._deidentifiers[route.profile].deidentify(original)
+        except PermanentError as exc:
+            self._quarantine(
+                row,
+                data,
+                QuarantineReason.DEIDENTIFICATION_FAILED,
+                route.name,
+                result,
+                {"error": _safe_error(exc)},
+            )
+            return route.name
+        self.events.emit(
+            StageCompleted(Stage.DEIDENTIFY, route.name, time.perf_counter() - started)
+        )
+        if not row.override.get("accept_pixels"):
+            started = time.perf_counter()
+            context = PixelContext(route.name, row.study_key, self._seed(original))
+            try:
+                outcome = self._pixel_steps[route.pixels].process(original, deidentified, context)
+            except PermanentError as exc:
+                self._quarantine(
+                    row,
+                    data,
+                    QuarantineReason.PIXEL_STEP_FAILED,
+                    route.name,
+                    result,
+                    {"error": _safe_error(exc)},
+                )
+                return route.name
+            if route.pixels != "none":
+                self.events.emit(
+                    StageCompleted(Stage.EDIT, route.name, time.perf_counter() - started)
+                )
+            if isinstance(outcome, PixelRejected):
+                self._quarantine(
+                    row,
+                    data,
+                    outcome.reason,
+                    route.name,
+                    result,
+                    dict(outcome.details),
+                    dict(outcome.artifacts),
+                    rejected=True,
+                )
+                return route.name
+            deidentified = outcome.dataset
+        encoded = _encode(deidentified)
+        copies = [
+            (dest, self.outbox.put(dest, row.study_key, encoded)) for dest in route.destinations
+        ]
+        staged.append((row.id, route.name, copies))
+        result.queued += 1
+        return route.name
+
+    def _route(self, row: InstanceRow, ds: Dataset) -> Route | None:
+        forced = row.override.get("route")
+        if forced:
+            route = self.router.by_name(str(forced))
+            if route is not None:
+                return route
+            LOG.warning("released_route_unknown", route=str(forced))
+        return self.router.route(ds, RouteContext(row.calling_ae, row.called_ae))
+
+    def _seed(self, ds: Dataset) -> int:
+        uid = str(ds.get("SOPInstanceUID", ""))
+        return int.from_bytes(self.key.hmac("pixel-seed", uid.encode())[:8], "big")
+
+
+def _safe_error(exc: BaseException) -> str:
+    """The error's type and message; the project's own errors never carry PHI, others may, so
+    only their type is kept."""
+    from deid_core.errors import DeidGatewayError
+
+    if isinstance(exc, DeidGatewayError):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__

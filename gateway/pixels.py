@@ -1,0 +1,108 @@
+"""Pixel steps: what a route does to an instance's pixels after its metadata is de-identified.
+
+A step receives the original and the de-identified data set and returns either an accepted data
+set (possibly with edited pixels: a new instance) or a rejection with a `QuarantineReason`, figures
+(`details`, e.g. the lesion IoU) and artifacts (e.g. a PNG panel) to keep with the quarantine entry.
+Steps are looked up by the name a route gives (`pixels: none | quarantine_burned_in | flowedit`);
+the FlowEdit engine registers "flowedit" with `register_pixel_step`.
+
+A step must be deterministic for a given instance (a retry must give the same result): the context
+carries a seed derived from the project key and the instance for steps that draw noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydicom import Dataset
+
+from deid_core.errors import ConfigError
+from gateway.config import GatewayConfig
+from gateway.events import QuarantineReason
+
+
+@dataclass(frozen=True)
+class PixelContext:
+    route: str
+    study_key: str
+    #: Deterministic per instance and project key, for steps that draw random noise.
+    seed: int
+
+
+@dataclass(frozen=True)
+class PixelAccepted:
+    dataset: Dataset
+    #: Figures worth logging (never PHI), e.g. {"iou": 0.83}.
+    details: Mapping[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PixelRejected:
+    reason: QuarantineReason
+    details: Mapping[str, float | int | str] = field(default_factory=dict)
+    #: File name -> content, kept with the quarantine entry (e.g. "panel.png").
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
+
+
+PixelOutcome = PixelAccepted | PixelRejected
+
+
+class PixelStep(Protocol):
+    name: str
+
+    def process(
+        self, original: Dataset, deidentified: Dataset, context: PixelContext
+    ) -> PixelOutcome: ...
+
+
+class NoPixelStep:
+    """Pixels pass unchanged (metadata de-identification only)."""
+
+    name = "none"
+
+    def process(
+        self, original: Dataset, deidentified: Dataset, context: PixelContext
+    ) -> PixelOutcome:
+        return PixelAccepted(deidentified)
+
+
+class QuarantineBurnedIn:
+    """Burned In Annotation (0028,0301) YES: the pixels may show identity, so the instance waits
+    for a person in quarantine. Absent or NO passes."""
+
+    name = "quarantine_burned_in"
+
+    def process(
+        self, original: Dataset, deidentified: Dataset, context: PixelContext
+    ) -> PixelOutcome:
+        value = str(original.get("BurnedInAnnotation", "") or "").strip().upper()
+        if value == "YES":
+            return PixelRejected(
+                QuarantineReason.BURNED_IN_ANNOTATION, {"BurnedInAnnotation": "YES"}
+            )
+        return PixelAccepted(deidentified)
+
+
+PixelStepFactory = Callable[[GatewayConfig], PixelStep]
+
+_FACTORIES: dict[str, PixelStepFactory] = {
+    "none": lambda cfg: NoPixelStep(),
+    "quarantine_burned_in": lambda cfg: QuarantineBurnedIn(),
+}
+
+
+def register_pixel_step(name: str, factory: PixelStepFactory) -> None:
+    """Make a pixel step available to routes under `name` (e.g. the FlowEdit engine)."""
+    _FACTORIES[name] = factory
+
+
+def build_pixel_step(name: str, cfg: GatewayConfig) -> PixelStep:
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise ConfigError(
+            f"pixel step {name!r} is not available in this installation "
+            f"(available: {', '.join(sorted(_FACTORIES))})"
+        )
+    return factory(cfg)

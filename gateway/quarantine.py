@@ -1,0 +1,207 @@
+"""Quarantine: instances that must not go onward, kept with their reason until a person decides.
+
+Each entry is a folder `<quarantine>/<entry id>/` (mode 0700) holding `instance.dcm`, `entry.json`
+(reason, route, destination, hashed study key, details) and any artifacts a pixel step produced
+(e.g. a QA panel). Entry ids are random: no PHI in any path or listing. The instance kept is the
+received original for rejections before forwarding (the operator may need to see what came in) and
+the de-identified copy for a dead letter (what could not be delivered).
+
+Operator decisions are recorded in the journal (`decisions`):
+
+- release of a dead letter puts the copy back in its destination's outbox, attempts from zero;
+- release of anything else puts the original back into the spool as a new arrival, optionally
+  forcing a route (`--route`) and/or accepting the pixels as they are (`--accept-pixels`);
+- purge overwrites the files with zeros, fsyncs, then deletes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deid_core.errors import PermanentError
+from gateway.events import QuarantineReason
+from gateway.journal import Journal, QuarantineRow
+from gateway.outbox import Outbox
+from gateway.spool import DirectorySync, Spool, ensure_directory, fsync_directory, write_durably
+
+INSTANCE_FILE = "instance.dcm"
+ENTRY_FILE = "entry.json"
+
+
+class QuarantineError(PermanentError):
+    """A quarantine command cannot be carried out as asked (unknown entry, bad release)."""
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    row: QuarantineRow
+    details: Mapping[str, Any]
+    artifacts: list[str]
+    folder: Path
+
+
+class Quarantine:
+    def __init__(self, root: Path, journal: Journal, dirsync: DirectorySync | None = None) -> None:
+        self.root = root
+        self.journal = journal
+        self.dirsync = dirsync or DirectorySync()
+        ensure_directory(root, self.dirsync)
+        os.chmod(root, 0o700)
+
+    def put(
+        self,
+        *,
+        instance_id: int,
+        data: bytes,
+        reason: QuarantineReason,
+        route: str,
+        study_key: str,
+        destination: str = "",
+        details: Mapping[str, Any] | None = None,
+        artifacts: Mapping[str, bytes] | None = None,
+    ) -> str:
+        """Keep `data` durably with its reason; record the entry. Returns the entry id."""
+        entry_id = "q-" + uuid.uuid4().hex[:16]
+        folder = self.root / entry_id
+        folder.mkdir(mode=0o700)
+        record = {
+            "id": entry_id,
+            "reason": reason.value,
+            "route": route,
+            "destination": destination,
+            "study_key": study_key,
+            "created_at": time.time(),
+            "details": dict(details or {}),
+            "artifacts": sorted((artifacts or {}).keys()),
+        }
+        write_durably(folder, INSTANCE_FILE, (data,), self.dirsync)
+        for name, content in (artifacts or {}).items():
+            safe = Path(name).name
+            write_durably(folder, safe, (content,), self.dirsync)
+        write_durably(
+            folder, ENTRY_FILE, (json.dumps(record, indent=2).encode("utf-8"),), self.dirsync
+        )
+        self.dirsync.sync(self.root)
+        self.journal.mark_quarantined(
+            instance_id, entry_id, reason.value, route, study_key, destination
+        )
+        return entry_id
+
+    def remove_orphans(self) -> int:
+        """Folders without a journal entry were being written when the process died; the
+        instance is still in its previous state and will be processed again."""
+        known = self.journal.known_quarantine_ids()
+        removed = 0
+        for folder in self.root.glob("q-*"):
+            if folder.is_dir() and folder.name not in known:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def list(self, include_closed: bool = False) -> list[QuarantineRow]:
+        return self.journal.quarantine_entries(None if include_closed else "held")
+
+    def show(self, entry_id: str) -> QuarantineEntry:
+        row = self._row(entry_id)
+        folder = self.root / entry_id
+        details: dict[str, Any] = {}
+        artifacts: list[str] = []
+        entry_file = folder / ENTRY_FILE
+        if entry_file.exists():
+            record = json.loads(entry_file.read_text(encoding="utf-8"))
+            details = record.get("details", {})
+            artifacts = record.get("artifacts", [])
+        return QuarantineEntry(row, details, artifacts, folder)
+
+    def _row(self, entry_id: str) -> QuarantineRow:
+        row = self.journal.quarantine_entry(entry_id)
+        if row is None:
+            raise QuarantineError(f"no quarantine entry {entry_id!r}")
+        return row
+
+    def release(
+        self,
+        entry_id: str,
+        *,
+        spool: Spool,
+        outbox: Outbox,
+        route: str | None = None,
+        accept_pixels: bool = False,
+        operator_note: str = "",
+    ) -> str:
+        """Send an entry back in. Returns what happened, for the operator."""
+        row = self._row(entry_id)
+        if row.state != "held":
+            raise QuarantineError(f"entry {entry_id} is already {row.state}")
+        folder = self.root / entry_id
+        data = (folder / INSTANCE_FILE).read_bytes()
+        detail: dict[str, Any] = {"reason": row.reason, "note": operator_note}
+        if row.reason == QuarantineReason.DEAD_LETTER.value:
+            if row.instance_id is None:
+                raise QuarantineError(f"entry {entry_id} has no instance to release")
+            dead = self.journal.dead_row_for(row.instance_id, row.destination)
+            if dead is None:
+                raise QuarantineError(f"entry {entry_id}: no dead-lettered copy in the journal")
+            relative = outbox.put(row.destination, row.study_key, data)
+            self.journal.requeue(dead.id, relative)
+            detail.update(action="requeued", destination=row.destination)
+            message = f"requeued to destination {row.destination}"
+        else:
+            override: dict[str, Any] = {"released_from": entry_id}
+            if route:
+                override["route"] = route
+            if accept_pixels:
+                override["accept_pixels"] = True
+            spooled = spool.write((data,))
+            received = self.journal.instance(row.instance_id) if row.instance_id else None
+            self.journal.add_received(
+                spooled.relative_path,
+                row.study_key,
+                calling_ae=received.calling_ae if received else "",
+                called_ae=received.called_ae if received else "",
+                size=spooled.size,
+                override=override,
+            )
+            detail.update(action="reprocess", route=route or "", accept_pixels=accept_pixels)
+            message = "sent back to the pipeline" + (f" on route {route}" if route else "")
+        self.journal.close_quarantine_entry(entry_id, "released", "release", detail)
+        self._shred(folder)
+        return message
+
+    def purge(self, entry_id: str, operator_note: str = "") -> None:
+        row = self._row(entry_id)
+        if row.state == "purged":
+            raise QuarantineError(f"entry {entry_id} is already purged")
+        self._shred(self.root / entry_id)
+        self.journal.close_quarantine_entry(
+            entry_id, "purged", "purge", {"reason": row.reason, "note": operator_note}
+        )
+
+    def _shred(self, folder: Path) -> None:
+        """Overwrite each file with zeros and fsync before unlinking ("securely-ish": on SSDs and
+        copy-on-write file systems old blocks may survive; use encrypted storage for more)."""
+        if not folder.exists():
+            return
+        for path in folder.iterdir():
+            if path.is_file():
+                size = path.stat().st_size
+                with path.open("r+b") as fh:
+                    remaining = size
+                    block = b"\x00" * 65536
+                    while remaining > 0:
+                        n = min(remaining, len(block))
+                        fh.write(block[:n])
+                        remaining -= n
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                path.unlink()
+        folder.rmdir()
+        fsync_directory(self.root)
