@@ -25,6 +25,7 @@ from gateway.config import load_config
 
 if TYPE_CHECKING:
     from deid_core.evaluation import EvaluationResult, LesionJudge, Method
+    from gateway.config import GatewayConfig
 
 #: The evaluation pulls in scikit-image, SciPy and matplotlib (~2 s): imported when the command
 #: runs, not when `deid-gateway` starts for another command.
@@ -136,6 +137,27 @@ def _judge(kind: str, threshold: float) -> LesionJudge:
     raise ConfigError(f"--mask {kind!r}: expected otsu-a")
 
 
+def _check_route(cfg: GatewayConfig, config: Path, route: str, model: Path | None) -> None:
+    """The route must exist and edit photographs. Its FlowEdit settings (model, prompts,
+    parameters) are not part of the configuration yet, so they come from the command line."""
+    names = [r.name for r in cfg.routes]
+    chosen = next((r for r in cfg.routes if r.name == route), None)
+    if chosen is None:
+        raise ConfigError(
+            f"--route {route}: no such route in {config} (routes: {', '.join(names) or 'none'})"
+        )
+    if chosen.pixels != "flowedit":
+        raise ConfigError(
+            f"--route {route}: its pixel step is {chosen.pixels!r}; evaluate measures routes that "
+            "edit photographs (pixels: flowedit)"
+        )
+    if model is None:
+        raise ConfigError(
+            f"--route {route}: the configuration does not carry FlowEdit settings yet; give "
+            "--model, --source-prompt and --target-prompt (and --flowedit KEY=VALUE)"
+        )
+
+
 def _check_report_dir(report: Path) -> None:
     """Write into a new or empty folder, or over an earlier report; never among other files."""
     from gateway.evaluation_report import FILES
@@ -240,16 +262,15 @@ def evaluate_command(
         cfg = load_config(config)
         project_key = cfg.load_key()
         config_dump = cfg.model_dump(mode="json")
+        if route is not None:
+            _check_route(cfg, config, route, model)
+    elif route is not None:
+        raise ConfigError("--route needs --config (the file that defines the route)")
     elif key is not None:
         try:
             project_key = ProjectKey(key.read_bytes())
         except OSError as exc:
             raise ConfigError(f"--key {key}: cannot be read: {exc.strerror}") from None
-    if route is not None:
-        raise ConfigError(
-            "--route: this configuration has no photograph routes yet; give the edit with "
-            "--model, --source-prompt, --target-prompt and --flowedit"
-        )
 
     methods: list[Method] = []
     for spec in (s for s in baselines.split(",") if s.strip()):

@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deid_core.errors import InvalidInputError
-from deid_core.evaluation import DEFAULT_BASELINES
-from gateway.commands import evaluate as evaluate_command
 from gateway.evaluation_report import FILES
 from tests.conftest import run_cli
 from tests.support.skin import write_photo_folder
-
-
-def test_default_baselines_are_the_engines() -> None:
-    assert ",".join(DEFAULT_BASELINES) == evaluate_command.DEFAULT_BASELINES
 
 
 def test_baselines_on_a_folder_with_expert_masks(tmp_path: Path, key_file: Path) -> None:
@@ -48,20 +41,6 @@ def test_baselines_on_a_folder_with_expert_masks(tmp_path: Path, key_file: Path)
         rows = list(csv.DictReader(fh))
     assert [r["source"] for r in rows][:2] == ["case00.png", "case01.png"]
     assert "case00" not in (report / "figures.csv").read_text()
-
-
-def test_report_folder_rules(tmp_path: Path) -> None:
-    """A report may be written into a new or empty folder or over an earlier report, never among
-    other files (they could be anything of the site's)."""
-    report = tmp_path / "report"
-    evaluate_command._check_report_dir(report)
-    report.mkdir()
-    for name in FILES:
-        (report / name).write_text("earlier report")
-    evaluate_command._check_report_dir(report)
-    (report / "mine.txt").write_text("keep me")
-    with pytest.raises(InvalidInputError, match="holds other files"):
-        evaluate_command._check_report_dir(report)
 
 
 @pytest.mark.parametrize(
