@@ -18,6 +18,9 @@ from gateway.commands import err
 COMMAND_MODULES = [
     "gateway.commands.config",
     "gateway.commands.serve",
+    "gateway.commands.review",
+    "gateway.commands.model",
+    "gateway.commands.flowedit",
     "gateway.commands.evaluate",
 ]
 

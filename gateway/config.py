@@ -345,6 +345,113 @@ class MetricsConfig(StrictModel):
         return address
 
 
+def _bind_address(address: str) -> str:
+    """An IP address or a host name to listen on."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", address):
+            raise ValueError(
+                "must be an IP address (127.0.0.1, 0.0.0.0, ::) or a host name"
+            ) from None
+    return address
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+class ReviewTlsConfig(StrictModel):
+    """The review station's certificate and private key (PEM)."""
+
+    cert_file: Path
+    key_file: Path
+
+
+class TrustedHeaderConfig(StrictModel):
+    """Identity from a reverse proxy that has already authenticated the user (e.g. oauth2-proxy,
+    Apache mod_auth_mellon). The headers are honoured only on connections *from* the listed proxy
+    addresses; from anywhere else they are ignored and the request is refused."""
+
+    #: The header carrying the authenticated user name.
+    user_header: str = Field(default="X-Forwarded-User", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    #: The header carrying the user's groups (comma-separated).
+    groups_header: str = Field(default="X-Forwarded-Groups", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    #: Members of any of these groups may decide (reviewer); checked before viewer_groups.
+    reviewer_groups: list[str] = Field(default_factory=lambda: ["reviewer"], min_length=1)
+    #: Members of any of these groups may see the list and status (viewer).
+    viewer_groups: list[str] = Field(default_factory=lambda: ["viewer"])
+    #: Addresses (IP or CIDR) of the proxies whose headers are trusted.
+    proxies: list[str] = Field(min_length=1)
+
+    @field_validator("proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR network: {value!r}") from None
+        return values
+
+
+class LoginLimitConfig(StrictModel):
+    """Failed logins allowed per client address and per user name before logins are refused
+    (HTTP 429) for the rest of the window."""
+
+    max_failures: int = Field(default=5, ge=1)
+    window_s: float = Field(default=300.0, gt=0)
+
+
+class ReviewConfig(StrictModel):
+    """The review station: a web page where reviewers see and decide on quarantined instances.
+
+    Off by default. With ``auth: password_file`` users log in with a password from `users_file`
+    (``deid-gateway review add-user``); with ``auth: trusted_header`` a reverse proxy in front
+    authenticates them. TLS is required unless the station listens on loopback only (or sits
+    behind a trusted proxy on loopback).
+    """
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535)
+    tls: ReviewTlsConfig | None = None
+    auth: Literal["password_file", "trusted_header"] = "password_file"
+    #: Users, roles and argon2 password hashes (``auth: password_file``).
+    users_file: Path = Path("var/review-users")
+    trusted_header: TrustedHeaderConfig | None = None
+    #: A session ends this long after login, whatever the user does.
+    session_lifetime_s: float = Field(default=3600.0, ge=60, le=7 * 86400)
+    login_limit: LoginLimitConfig = LoginLimitConfig()
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        return _bind_address(address)
+
+    @model_validator(mode="after")
+    def _auth_and_tls(self) -> ReviewConfig:
+        if self.auth == "trusted_header" and self.trusted_header is None:
+            raise ValueError(
+                "auth trusted_header needs a trusted_header section (at least its proxies)"
+            )
+        if self.enabled and self.tls is None and not _is_loopback(self.address):
+            raise ValueError(
+                "tls (cert_file, key_file) is required when the review station listens beyond "
+                "loopback: passwords and images would cross the network in clear"
+            )
+        return self
+
+    @property
+    def loopback_only(self) -> bool:
+        return _is_loopback(self.address)
+
+
 class GatewayConfig(StrictModel):
     """The whole configuration file."""
 
@@ -354,6 +461,7 @@ class GatewayConfig(StrictModel):
     profiles: dict[str, ProfileConfig] = Field(default_factory=lambda: {"default": ProfileConfig()})
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    review: ReviewConfig = ReviewConfig()
     node: NodeConfig = NodeConfig()
     storage: StorageConfig = StorageConfig()
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)

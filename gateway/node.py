@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from deid_core.errors import ConfigError
 from deid_core.keys import ProjectKey
@@ -35,6 +36,9 @@ from gateway.outbox import Outbox
 from gateway.pipeline import DeidentifierFactory, Pipeline
 from gateway.quarantine import Quarantine
 from gateway.spool import DirectorySync, Spool
+
+if TYPE_CHECKING:
+    from gateway.review.station import ReviewStation
 
 LOG = get_logger("gateway.node")
 
@@ -126,6 +130,7 @@ class GatewayNode:
         self.forwarder: Forwarder | None = None
         self.pipeline: Pipeline | None = None
         self.address: tuple[str, int] | None = None
+        self.review: ReviewStation | None = None
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -170,6 +175,11 @@ class GatewayNode:
         self.forwarder.start()
         self._assembler = threading.Thread(target=self._assemble, name="assembler", daemon=True)
         self._assembler.start()
+        if cfg.review.enabled:
+            from gateway.review.station import ReviewStation
+
+            self.review = ReviewStation(cfg, storage, on_decision=self.forwarder.wake)
+            self.review.start()
         self.scp = StorageSCP(
             policy=policy,
             sink=Ingest(storage.spool, storage.journal, self.key, self.events),
@@ -242,6 +252,8 @@ class GatewayNode:
                     LOG.warning("shutdown_aborting_associations")
                     self.scp.abort_all()
                     self.scp.wait_idle(5.0)
+            if self.review is not None:
+                self.review.stop()
             self._stop_assembler.set()
             if self._assembler is not None:
                 self._assembler.join(self.drain_timeout)

@@ -272,7 +272,12 @@ class Pipeline:
         )
         if not row.override.get("accept_pixels"):
             started = time.perf_counter()
-            context = PixelContext(route.name, row.study_key, self._seed(original))
+            context = PixelContext(
+                route.name,
+                row.study_key,
+                self._seed(original),
+                waive_gate=bool(row.override.get("waive_gate")),
+            )
             try:
                 outcome = self._pixel_steps[route.pixels].process(original, deidentified, context)
             except PermanentError as exc:

@@ -29,6 +29,11 @@ class PixelContext:
     study_key: str
     #: Deterministic per instance and project key, for steps that draw random noise.
     seed: int
+    #: A reviewer released this instance from quarantine accepting the step's result despite its
+    #: gate (e.g. a lesion IoU below threshold): a gating step must still do its work (edit the
+    #: pixels, deterministically as before) and accept the result instead of rejecting it.
+    #: Steps without a gate ignore it; a step that rejects anyway sends it back to quarantine.
+    waive_gate: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ Operator decisions are recorded in the journal (`decisions`):
 
 - release of a dead letter puts the copy back in its destination's outbox, attempts from zero;
 - release of anything else puts the original back into the spool as a new arrival, optionally
-  forcing a route (`--route`) and/or accepting the pixels as they are (`--accept-pixels`);
+  forcing a route (`--route`), accepting the pixels as they are (`--accept-pixels`: the pixel
+  step is skipped) or accepting the pixel step's result despite its gate (`--waive-gate`: the
+  step runs again, deterministically, and a gating step such as the lesion check accepts its
+  own edit, see `PixelContext.waive_gate`);
 - purge overwrites the files with zeros, fsyncs, then deletes them.
 """
 
@@ -135,15 +138,20 @@ class Quarantine:
         outbox: Outbox,
         route: str | None = None,
         accept_pixels: bool = False,
+        waive_gate: bool = False,
         operator_note: str = "",
+        decided_by: str = "",
     ) -> str:
-        """Send an entry back in. Returns what happened, for the operator."""
+        """Send an entry back in. Returns what happened, for the operator. `decided_by` (who)
+        and `operator_note` (why) are recorded with the decision."""
         row = self._row(entry_id)
         if row.state != "held":
             raise QuarantineError(f"entry {entry_id} is already {row.state}")
         folder = self.root / entry_id
         data = (folder / INSTANCE_FILE).read_bytes()
         detail: dict[str, Any] = {"reason": row.reason, "note": operator_note}
+        if decided_by:
+            detail["by"] = decided_by
         if row.reason == QuarantineReason.DEAD_LETTER.value:
             if row.instance_id is None:
                 raise QuarantineError(f"entry {entry_id} has no instance to release")
@@ -160,6 +168,8 @@ class Quarantine:
                 override["route"] = route
             if accept_pixels:
                 override["accept_pixels"] = True
+            if waive_gate:
+                override["waive_gate"] = True
             spooled = spool.write((data,))
             received = self.journal.instance(row.instance_id) if row.instance_id else None
             self.journal.add_received(
@@ -170,20 +180,26 @@ class Quarantine:
                 size=spooled.size,
                 override=override,
             )
-            detail.update(action="reprocess", route=route or "", accept_pixels=accept_pixels)
+            detail.update(
+                action="reprocess",
+                route=route or "",
+                accept_pixels=accept_pixels,
+                waive_gate=waive_gate,
+            )
             message = "sent back to the pipeline" + (f" on route {route}" if route else "")
         self.journal.close_quarantine_entry(entry_id, "released", "release", detail)
         self._shred(folder)
         return message
 
-    def purge(self, entry_id: str, operator_note: str = "") -> None:
+    def purge(self, entry_id: str, operator_note: str = "", decided_by: str = "") -> None:
         row = self._row(entry_id)
         if row.state == "purged":
             raise QuarantineError(f"entry {entry_id} is already purged")
         self._shred(self.root / entry_id)
-        self.journal.close_quarantine_entry(
-            entry_id, "purged", "purge", {"reason": row.reason, "note": operator_note}
-        )
+        detail: dict[str, Any] = {"reason": row.reason, "note": operator_note}
+        if decided_by:
+            detail["by"] = decided_by
+        self.journal.close_quarantine_entry(entry_id, "purged", "purge", detail)
 
     def _shred(self, folder: Path) -> None:
         """Overwrite each file with zeros and fsync before unlinking ("securely-ish": on SSDs and

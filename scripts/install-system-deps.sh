@@ -3,8 +3,8 @@
 # dcmtk (storescu/echoscu/storescp), Orthanc with its DICOMweb and Python plugins (the research
 # archive and a PACS to pull from), dicom3tools (dciodvfy judges our output), Prometheus (promtool
 # and a real scraper), iproute2 (network namespaces for servers that cannot bind to loopback),
-# RabbitMQ (the broker), Chromium and its driver (browser tests), docker-compose (validates
-# deploy/compose.yaml against Docker's schema; no engine needed).
+# RabbitMQ (the broker), Chromium and its driver (browser tests), openssl (test certificates),
+# docker-compose (validates deploy/compose.yaml against Docker's schema; no engine needed).
 set -euo pipefail
 need=()
 check() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
@@ -18,6 +18,7 @@ check ip iproute2
 check rabbitmq-server rabbitmq-server
 check chromium chromium
 check chromedriver chromium-driver
+check openssl openssl
 check docker-compose docker-compose
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${need[*]}"

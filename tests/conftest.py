@@ -38,6 +38,7 @@ def run_cli(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 300,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `deid-gateway ARGS` as a real subprocess of this checkout's code."""
     full_env = dict(os.environ)
@@ -51,6 +52,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        input=input,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +47,16 @@ def _open(config: Path) -> tuple[Any, Any]:
     cfg = load_config(config)
     configure_logging("warning", cfg.logging.format)
     return cfg, Storage.open(cfg)
+
+
+def _operator() -> str:
+    """Who decides on the command line, for the journal and the audit trail."""
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "cli:uid" + str(os.getuid())
 
 
 def _when(ts: float) -> str:
@@ -115,10 +126,19 @@ def quarantine_release(
         bool,
         typer.Option("--accept-pixels", help="skip the pixel step: a person checked the pixels"),
     ] = False,
+    waive_gate: Annotated[
+        bool,
+        typer.Option(
+            "--waive-gate",
+            help="run the pixel step again and accept its result despite its gate "
+            "(e.g. a lesion IoU below threshold): a person checked the edit",
+        ),
+    ] = False,
     note: Annotated[str, typer.Option("--note", help="recorded with the decision")] = "",
 ) -> None:
     """Send an entry back in: a dead letter to its outbox, anything else to the pipeline."""
     from deid_core.errors import ConfigError
+    from gateway.review.audit import AuditAction, AuditTrail
 
     cfg, storage = _open(config)
     try:
@@ -130,7 +150,17 @@ def quarantine_release(
             outbox=storage.outbox,
             route=route,
             accept_pixels=accept_pixels,
+            waive_gate=waive_gate,
             operator_note=note,
+            decided_by=_operator(),
+        )
+        AuditTrail(storage.journal).record(
+            _operator(),
+            "operator",
+            AuditAction.RELEASE,
+            entry_id=entry_id,
+            why=note,
+            outcome=message,
         )
         out.print(f"{entry_id}: {message}")
     finally:
@@ -144,9 +174,19 @@ def quarantine_purge(
     note: Annotated[str, typer.Option("--note", help="recorded with the decision")] = "",
 ) -> None:
     """Delete an entry for good (files overwritten with zeros, then removed)."""
+    from gateway.review.audit import AuditAction, AuditTrail
+
     _, storage = _open(config)
     try:
-        storage.quarantine.purge(entry_id, operator_note=note)
+        storage.quarantine.purge(entry_id, operator_note=note, decided_by=_operator())
+        AuditTrail(storage.journal).record(
+            _operator(),
+            "operator",
+            AuditAction.PURGE,
+            entry_id=entry_id,
+            why=note,
+            outcome="purged",
+        )
         out.print(f"{entry_id}: purged")
     finally:
         storage.close()
