@@ -62,6 +62,8 @@ def _run(name: str, photos: Path, masks: Path, args: argparse.Namespace) -> dict
     if args.model is not None:
         command += ["--model", str(args.model), "--source-prompt", args.source_prompt]
         command += ["--target-prompt", args.target_prompt, "--device", args.device]
+        if args.threads is not None:
+            command += ["--threads", str(args.threads)]
         for item in args.flowedit:
             command += ["--flowedit", item]
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--target-prompt", default="a clinical photograph of another person's skin")
     parser.add_argument("--flowedit", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--max-side", type=int, default=512)
     args = parser.parse_args()
     if not LESIONS.is_dir():

@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from deid_core.errors import InvalidInputError
 from deid_core.evaluation import Photo, fit_long_side
 from deid_core.keys import ProjectKey
+from deid_core.seeds import SEED_BITS, derive_seed
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -182,14 +183,12 @@ class PhotoFolder(Sequence[Photo]):
             yield self.load(source)
 
     def seed(self, source: PhotoSource) -> int:
-        """The edit's noise seed: keyed like the gateway's when a project key is given, else a
-        plain hash, so that a rerun of the evaluation gives the same pixels."""
-        message = source.relative.encode("utf-8")
+        """The edit's noise seed: derived from the project key like the gateway's when a key is
+        given, else a plain hash; either way a rerun of the evaluation gives the same pixels."""
         if self._key is not None:
-            digest = self._key.hmac("evaluation-seed", message)
-        else:
-            digest = hashlib.sha256(b"evaluation-seed\x00" + message).digest()
-        return int.from_bytes(digest[:8], "big") >> 1
+            return derive_seed(self._key, "evaluation", source.relative, "identity")
+        digest = hashlib.sha256(b"evaluation-seed\x00" + source.relative.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") >> (64 - SEED_BITS)
 
     def load(self, source: PhotoSource) -> Photo:
         try:

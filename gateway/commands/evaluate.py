@@ -200,6 +200,10 @@ def evaluate_command(
         typer.Option("--flowedit", help="FlowEdit parameter KEY=VALUE (repeatable), e.g. n_max=24"),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="torch device for the model")] = "cpu",
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", help="CPU threads for torch (1 is fastest on a busy machine)"),
+    ] = None,
     baselines: Annotated[
         str,
         typer.Option(
@@ -254,6 +258,8 @@ def evaluate_command(
         raise ConfigError("--limit must be at least 2 (linkage needs photographs to confuse)")
     if not 0 <= gate_threshold <= 1:
         raise ConfigError("--gate-threshold must lie in [0, 1]")
+    if threads is not None and threads < 1:
+        raise ConfigError("--threads must be at least 1")
     _check_report_dir(report)
 
     project_key: ProjectKey | None = None
@@ -281,6 +287,10 @@ def evaluate_command(
     models: dict[str, dict[str, Any]] = {}
     overrides = _parse_overrides(flowedit or [])
     if model is not None:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         method, identity = _flowedit_method(model, source_prompt, target_prompt, overrides, device)
         methods.append(method)
         models[method.name] = identity
@@ -351,6 +361,7 @@ def evaluate_command(
             "methods": [{"name": m.name, "kind": m.kind, **m.params} for m in methods],
             "gate": {"mask": mask, "threshold": gate_threshold, "description": judge.description},
             "max_side": max_side,
+            "threads": threads,
             "working_side": working_side,
             "examples": examples,
             "limit": limit,

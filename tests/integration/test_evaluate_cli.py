@@ -76,7 +76,7 @@ def test_the_whole_run_with_the_tiny_model(tmp_path: Path) -> None:
             "--model", str(model_dir), "--source-prompt", "a photo of skin",
             "--target-prompt", "a photo of someone else's skin",
             "--flowedit", "num_steps=8", "--flowedit", "n_max=6", "--baselines", "none",
-            "--examples", "1",
+            "--examples", "1", "--threads", "1",
         ]
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
