@@ -177,13 +177,19 @@ def _standardised_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(((za[:, None, :] - zb[None, :, :]) ** 2).sum(axis=2))
 
 
+#: Upper bound on the distance block of one query against a chunk of originals (float32 cells):
+#: ~100 MB, so that a site's thousand photographs do not need gigabytes.
+_BLOCK_CELLS = 25_000_000
+
+
 def _keypoint_scores(
     queries: Sequence[ImageDescriptors],
     originals: Sequence[ImageDescriptors],
     settings: AttackSettings,
+    block_cells: int = _BLOCK_CELLS,
 ) -> np.ndarray:
-    """Mutual, ratio-tested ORB matches between each query and each original, vectorised over the
-    originals: all of them are padded to the same keypoint count with an impossible distance."""
+    """Mutual, ratio-tested ORB matches between each query and each original, vectorised over
+    chunks of originals: all are padded to the same keypoint count with an impossible distance."""
     n_orig = len(originals)
     width = max((len(o.keypoints) for o in originals), default=0)
     scores = np.zeros((len(queries), n_orig))
@@ -195,33 +201,44 @@ def _keypoint_scores(
         k = len(original.keypoints)
         gallery[j, :k] = original.keypoints
         valid[j, :k] = True
-    flat = gallery.reshape(n_orig * width, 256)
-    flat_bits = flat.sum(axis=1)
-    far = 1e6
+    bits = gallery.sum(axis=2)
     for i, query in enumerate(queries):
         q = query.keypoints.astype(np.float32)
         if len(q) == 0:
             continue
-        # Hamming distance of 0/1 vectors: |a| + |b| - 2 a.b
-        dist = q.sum(axis=1)[:, None] + flat_bits[None, :] - 2.0 * (q @ flat.T)
-        dist = dist.reshape(len(q), n_orig, width)
-        dist[:, ~valid] = far
-        if width >= 2:
-            two = np.partition(dist, 1, axis=2)[:, :, :2]
-            best, second = two[:, :, 0], two[:, :, 1]
-        else:
-            best, second = dist[:, :, 0], np.full_like(dist[:, :, 0], far)
-        nearest = dist.argmin(axis=2)  # (Kq, n_orig): nearest original keypoint per query keypoint
-        back = dist.argmin(axis=0)  # (n_orig, width): nearest query keypoint per original keypoint
-        mutual = back[np.arange(n_orig)[None, :], nearest] == np.arange(len(q))[:, None]
-        good = (
-            mutual
-            & (best <= settings.max_hamming)
-            & (best < settings.ratio * second)
-            & (best < far)
-        )
-        scores[i] = good.sum(axis=0)
+        chunk = max(1, block_cells // (len(q) * width))
+        for start in range(0, n_orig, chunk):
+            stop = min(n_orig, start + chunk)
+            scores[i, start:stop] = _mutual_matches(
+                q, gallery[start:stop], bits[start:stop], valid[start:stop], settings
+            )
     return scores
+
+
+def _mutual_matches(
+    q: np.ndarray,
+    gallery: np.ndarray,
+    bits: np.ndarray,
+    valid: np.ndarray,
+    settings: AttackSettings,
+) -> np.ndarray:
+    n, width = valid.shape
+    far = 1e6
+    # Hamming distance of 0/1 vectors: |a| + |b| - 2 a.b
+    flat = gallery.reshape(n * width, 256)
+    dist = q.sum(axis=1)[:, None] + bits.reshape(1, -1) - 2.0 * (q @ flat.T)
+    dist = dist.reshape(len(q), n, width)
+    dist[:, ~valid] = far
+    if width >= 2:
+        two = np.partition(dist, 1, axis=2)[:, :, :2]
+        best, second = two[:, :, 0], two[:, :, 1]
+    else:
+        best, second = dist[:, :, 0], np.full_like(dist[:, :, 0], far)
+    nearest = dist.argmin(axis=2)  # (Kq, n): nearest original keypoint per query keypoint
+    back = dist.argmin(axis=0)  # (n, width): nearest query keypoint per original keypoint
+    mutual = back[np.arange(n)[None, :], nearest] == np.arange(len(q))[:, None]
+    good = mutual & (best <= settings.max_hamming) & (best < settings.ratio * second) & (best < far)
+    return good.sum(axis=0)
 
 
 # --- ranking ------------------------------------------------------------------------------------

@@ -155,3 +155,14 @@ def test_working_copy_is_never_upscaled() -> None:
     assert fit_long_side(big, 512).shape == (512, 307, 3)
     small = np.zeros((100, 60, 3), np.uint8)
     assert fit_long_side(small, 512) is small
+
+
+def test_keypoint_matching_in_chunks_gives_the_same_scores() -> None:
+    from deid_core.evaluation.linkage import AttackSettings, _keypoint_scores
+
+    originals = [describe(skin_photo(s)[0]) for s in range(5)]
+    moved = [describe(np.roll(skin_photo(s)[0], 3, axis=1)) for s in range(5)]
+    whole = _keypoint_scores(moved, originals, AttackSettings())
+    one_by_one = _keypoint_scores(moved, originals, AttackSettings(), block_cells=1)
+    assert np.array_equal(whole, one_by_one)
+    assert np.all(np.argmax(whole, axis=1) == np.arange(5))
