@@ -24,7 +24,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -161,6 +161,8 @@ class _Live:
     info: AssociationInfo
     instances: int = 0
     closed: bool = False
+    #: The sink heard of this association (EVT_ACCEPTED); only then does it hear of its end.
+    announced: bool = False
 
 
 @dataclass
@@ -174,6 +176,9 @@ class StorageSCP:
     max_pdu_size: int = 262144
     network_timeout: float = 60.0
     ssl_context: ssl.SSLContext | None = None
+    #: Called on every turn of the accept loop (about every half second): a liveness
+    #: heartbeat. Must be quick and must not raise.
+    heartbeat: Callable[[], None] | None = None
     _server: ThreadedAssociationServer | None = field(default=None, init=False, repr=False)
     _live: dict[int, _Live] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -216,6 +221,16 @@ class StorageSCP:
             ssl_context=self.ssl_context,
         )
         assert server is not None
+        if self.heartbeat is not None:
+            # socketserver's serve_forever calls service_actions() after every poll (0.5 s) and
+            # every accepted connection; pynetdicom uses it for garbage collection, so chain it.
+            beat, original = self.heartbeat, server.service_actions
+
+            def service_actions() -> None:
+                beat()
+                original()
+
+            server.service_actions = service_actions  # type: ignore[method-assign]
         self._server = server
         self._accepting = True
         host, port = server.server_address[:2]
@@ -227,6 +242,11 @@ class StorageSCP:
             raise RuntimeError("listener not started")
         host, port = self._server.server_address[:2]
         return str(host), int(port)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the listener takes new associations (false once `stop_accepting` ran)."""
+        return self._accepting and self._server is not None
 
     def active_associations(self) -> int:
         with self._lock:
@@ -297,6 +317,7 @@ class StorageSCP:
     def _on_accepted(self, event: Any) -> None:
         live = self._live.get(id(event.assoc))
         if live is not None:
+            live.announced = True
             self._notify(self.sink.association_accepted, live.info)
 
     def _close(self, event: Any, aborted: bool) -> None:
@@ -305,6 +326,8 @@ class StorageSCP:
             if live is None or live.closed:
                 return
             live.closed = True
+        if not live.announced:  # never accepted (e.g. negotiation failed): nothing to close
+            return
         self._notify(self.sink.association_closed, live.info, live.instances, aborted)
 
     def _on_released(self, event: Any) -> None:

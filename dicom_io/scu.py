@@ -11,14 +11,17 @@ not sent because the association failed; `AssociationFailed` says why no associa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from deid_core.errors import InvalidInputError, RetryableError
 from dicom_io.header import read_file_meta
@@ -75,10 +78,16 @@ def file_context(path: Path) -> tuple[str, str]:
     return sop_class, meta.transfer_syntax
 
 
-def send_files(target: StoreTarget, files: Sequence[Path]) -> list[int | None]:
+def send_files(
+    target: StoreTarget,
+    files: Sequence[Path],
+    progress: Callable[[], None] | None = None,
+) -> list[int | None]:
     """Send `files` over one association. Returns one entry per file: the archive's status, or
     None when the file was not sent (association lost). Raises AssociationFailed when no
-    association could be established, InvalidInputError for a file that is not a Part 10 file."""
+    association could be established, InvalidInputError for a file that is not a Part 10 file.
+    `progress` is called after each answered file, so a caller's liveness heartbeat keeps beating
+    through a long batch to a slow archive."""
     if not files:
         return []
     # Files are always sent as stored, streamed from disk (see module docstring).
@@ -90,13 +99,45 @@ def send_files(target: StoreTarget, files: Sequence[Path]) -> list[int | None]:
         raise InvalidInputError(
             f"a batch needs {len(contexts)} presentation contexts; at most {MAX_CONTEXTS} fit"
         )
+    ae = _client_ae(target)
+    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
+    assoc = _associate(ae, target)
+    results: list[int | None] = []
+    try:
+        for path in files:
+            if not assoc.is_established or (results and results[-1] is None):
+                results.append(None)  # the association is gone: the rest waits for a retry
+                continue
+            try:
+                rsp = assoc.send_c_store(path)
+            except (ValueError, AttributeError) as exc:
+                LOG.warning("cannot send a file: %s", exc)
+                results.append(0xC000)
+                continue
+            status = getattr(rsp, "Status", None)
+            results.append(int(status) if status is not None else None)
+            if progress is not None:
+                progress()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        else:
+            assoc.abort()
+    return results
+
+
+def _client_ae(target: StoreTarget) -> AE:
     ae = AE(ae_title=target.calling_ae_title)
     ae.acse_timeout = target.connect_timeout
     ae.connection_timeout = target.connect_timeout
     ae.network_timeout = target.dimse_timeout
     ae.dimse_timeout = target.dimse_timeout
     ae.maximum_pdu_size = target.max_pdu_size
-    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
+    return ae
+
+
+def _associate(ae: AE, target: StoreTarget) -> Any:
+    """An established association with `target`, or AssociationFailed saying why not."""
     tls_args = (target.ssl_context, target.host) if target.ssl_context is not None else None
     try:
         assoc = ae.associate(
@@ -117,23 +158,27 @@ def send_files(target: StoreTarget, files: Sequence[Path]) -> list[int | None]:
             raise AssociationFailed("refused", f"{target.describe()} rejected the association")
         # pynetdicom reports a refused TCP connection as an aborted association too
         raise AssociationFailed("unreachable", f"no association with {target.describe()}")
-    results: list[int | None] = []
+    return assoc
+
+
+def echo(target: StoreTarget, timeout: float) -> None:
+    """C-ECHO `target` within about `timeout` seconds (connect, associate, echo, release each
+    bounded by it). Returns when the archive answered; raises AssociationFailed otherwise.
+
+    An archive that accepts the association but not the Verification service, or answers the echo
+    with a failure status, still counts as reachable: it is there and talks to us, and whether it
+    stores is for the forwarder to find out."""
+    quick = dataclasses.replace(target, connect_timeout=timeout, dimse_timeout=timeout)
+    ae = _client_ae(quick)
+    ae.add_requested_context(Verification)
+    assoc = _associate(ae, quick)
     try:
-        for path in files:
-            if not assoc.is_established or (results and results[-1] is None):
-                results.append(None)  # the association is gone: the rest waits for a retry
-                continue
-            try:
-                rsp = assoc.send_c_store(path)
-            except (ValueError, AttributeError) as exc:
-                LOG.warning("cannot send a file: %s", exc)
-                results.append(0xC000)
-                continue
-            status = getattr(rsp, "Status", None)
-            results.append(int(status) if status is not None else None)
+        if assoc.accepted_contexts:
+            assoc.send_c_echo()
+            if not assoc.is_established:
+                raise AssociationFailed("aborted", f"{target.describe()} dropped the echo")
     finally:
         if assoc.is_established:
             assoc.release()
         else:
             assoc.abort()
-    return results

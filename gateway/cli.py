@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "gateway.commands.review",
     "gateway.commands.model",
     "gateway.commands.flowedit",
+    "gateway.commands.lesion",
     "gateway.commands.evaluate",
 ]
 

@@ -25,9 +25,8 @@ from dicom_io.scp import AccessPolicy, AssociationInfo, ReceivedInstance, Storag
 from dicom_io.scu import StoreTarget, send_files
 from gateway.commands import out
 from gateway.config import GatewayConfig, parse_config
-from gateway.eventlog import EventLog
 from gateway.events import EventBus
-from gateway.logs import configure_logging
+from gateway.logs import EventLog, configure_logging
 from gateway.node import GatewayNode
 
 
@@ -168,7 +167,7 @@ def run_demo(workdir: Path | None = None, timeout: float = 60.0) -> dict[str, in
         events = EventBus()
         if workdir is not None:
             events.subscribe(EventLog())
-        node = GatewayNode(cfg, cfg.load_key(), events)
+        node = GatewayNode(cfg, cfg.load_key(), events, monitor=False)
         try:
             host, port = node.start()
             out.print(

@@ -124,20 +124,29 @@ class LesionGateDecided(GatewayEvent):
 class InstanceForwarded(GatewayEvent):
     route: str
     destination: str
+    #: Seconds the send took, per instance (the batch's time divided by its size).
     seconds: float
+    #: Context for the event log (hashed study key); never a metric label.
+    study_key: str = ""
 
 
 @dataclass(frozen=True)
 class ForwardFailed(GatewayEvent):
     destination: str
-    reason: str  # small fixed set: "refused", "unreachable", "status", "timeout", "tls"
+    #: small fixed set (gateway.labels.FORWARD_FAILURE_REASONS): "refused", "unreachable",
+    #: "aborted", "status", "timeout", "tls"
+    reason: str
     will_retry: bool
+    study_key: str = ""
 
 
 @dataclass(frozen=True)
 class InstanceQuarantined(GatewayEvent):
     route: str  # "" when no route matched
     reason: QuarantineReason
+    study_key: str = ""
+    #: The association that brought the instance ("" when unknown, e.g. adopted after a crash).
+    association_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,8 @@ class InstanceRejected(GatewayEvent):
 
     route: str
     reason: QuarantineReason
+    study_key: str = ""
+    association_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from gateway.events import (
     InstanceForwarded,
     InstanceQuarantined,
     QuarantineReason,
+    Stage,
+    StageCompleted,
 )
 from gateway.journal import Journal, OutboxRow
 from gateway.logs import get_logger
@@ -38,6 +40,8 @@ from gateway.spool import Spool
 LOG = get_logger("gateway.forwarder")
 
 Sender = Callable[[StoreTarget, Sequence[str]], list[int | None]]
+#: A liveness heartbeat: called on every turn of a worker's loop and after every file sent.
+Heartbeat = Callable[[], None]
 
 
 def backoff_delay(policy: RetryPolicy, attempts: int, rng: random.Random) -> float:
@@ -88,6 +92,7 @@ class DestinationWorker:
         quarantine: Quarantine,
         events: EventBus,
         rng: random.Random | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.name = name
         self.dest = dest
@@ -98,6 +103,7 @@ class DestinationWorker:
         self.quarantine = quarantine
         self.events = events
         self.rng = rng or random.Random()
+        self.heartbeat: Heartbeat = heartbeat or (lambda: None)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,6 +127,7 @@ class DestinationWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.heartbeat()
             try:
                 sent = self.run_once()
             except Exception:
@@ -149,7 +156,9 @@ class DestinationWorker:
         paths = [str(self.outbox.path(r.path)) for r in rows]
         started = time.perf_counter()
         try:
-            statuses = send_files(self.target, [self.outbox.path(r.path) for r in rows])
+            statuses = send_files(
+                self.target, [self.outbox.path(r.path) for r in rows], self.heartbeat
+            )
         except AssociationFailed as exc:
             self._failed(rows, exc.kind, str(exc))
             return True
@@ -169,10 +178,23 @@ class DestinationWorker:
                 self._failed([row], "status", f"archive answered status 0x{status:04X}")
         if sent_rows:
             self.journal.mark_sent([r.id for r in sent_rows])
+            delivered_at = time.time()
             for row in sent_rows:
                 self.outbox.remove(row.path)
                 self.events.emit(
-                    InstanceForwarded(route=row.route, destination=self.name, seconds=seconds)
+                    InstanceForwarded(
+                        route=row.route,
+                        destination=self.name,
+                        seconds=seconds,
+                        study_key=row.study_key,
+                    )
+                )
+                # The forward stage of an instance: from its copy entering the outbox to the
+                # archive's answer, waits for retries and outages included.
+                self.events.emit(
+                    StageCompleted(
+                        Stage.FORWARD, row.route, max(0.0, delivered_at - row.created_at)
+                    )
                 )
             LOG.info(
                 "batch_forwarded",
@@ -197,9 +219,16 @@ class DestinationWorker:
             self.journal.reschedule(row.id, attempts, next_at, error)
             soonest = next_at if soonest is None else min(soonest, next_at)
         will_retry = soonest is not None
-        self.events.emit(ForwardFailed(destination=self.name, reason=kind, will_retry=will_retry))
+        self.events.emit(
+            ForwardFailed(
+                destination=self.name,
+                reason=kind,
+                will_retry=will_retry,
+                study_key=rows[0].study_key if rows else "",
+            )
+        )
         LOG.warning(
-            "forward_failed",
+            "forward_batch_failed",
             destination=self.name,
             reason=kind,
             instances=len(rows),
@@ -228,7 +257,11 @@ class DestinationWorker:
         )
         self.journal.mark_dead(row.id, attempts, error)
         self.outbox.remove(row.path)
-        self.events.emit(InstanceQuarantined(route=row.route, reason=QuarantineReason.DEAD_LETTER))
+        self.events.emit(
+            InstanceQuarantined(
+                route=row.route, reason=QuarantineReason.DEAD_LETTER, study_key=row.study_key
+            )
+        )
 
     def _finish(self, instance_ids: Sequence[int]) -> None:
         """Instances with no copy left to send: their received original is no longer needed."""

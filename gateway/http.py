@@ -111,21 +111,28 @@ class Readiness:
     def __init__(self, checks: Mapping[str, ReadinessCheck], timeout_s: float = 2.0) -> None:
         self._checks = {_check_name("readiness check", n): fn for n, fn in checks.items()}
         self._timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, min(8, len(self._checks))), thread_name_prefix="readyz"
-        )
+        # Threads start only when needed; room for every check to run at once, so one slow check
+        # (a destination's C-ECHO) cannot make the others time out.
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="readyz")
         self._lock = threading.Lock()
         self._running: dict[str, Future[bool | None]] = {}
         self._log = get_logger("gateway.http")
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._checks)
+        with self._lock:
+            return sorted(self._checks)
+
+    def add(self, name: str, check: ReadinessCheck) -> None:
+        """Add a check, or replace the one of that name (e.g. a placeholder by the real thing)."""
+        _check_name("readiness check", name)
+        with self._lock:
+            self._checks[name] = check
 
     def run(self) -> list[CheckResult]:
         started: dict[str, Future[bool | None] | None] = {}
         with self._lock:
-            for name, fn in self._checks.items():
+            for name, fn in list(self._checks.items()):
                 previous = self._running.get(name)
                 if previous is not None and not previous.done():
                     # A hung check keeps its one thread; it must not take a new one per request.
@@ -247,6 +254,14 @@ class MonitoringServer:
     def url(self) -> str:
         host = self.address
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def add_check(self, name: str, check: ReadinessCheck) -> None:
+        """Add a readiness check while serving (or replace the one of that name)."""
+        self._readiness.add(name, check)
+
+    @property
+    def check_names(self) -> list[str]:
+        return self._readiness.names
 
     def health(self) -> tuple[HTTPStatus, dict[str, Any]]:
         stale = self.liveness.stale()

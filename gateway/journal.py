@@ -89,6 +89,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS health_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
@@ -126,6 +130,8 @@ class OutboxRow:
     state: str
     attempts: int
     next_attempt_at: float
+    #: When the copy entered the outbox (for the forward stage's latency).
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,7 @@ def _outbox(row: sqlite3.Row) -> OutboxRow:
         state=row["state"],
         attempts=row["attempts"],
         next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
     )
 
 
@@ -229,6 +236,13 @@ class Journal:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
             self._closed = True
+
+    def check_writable(self) -> None:
+        """Commit one small write (a one-row table), as every stage must be able to; raises
+        sqlite3.Error when the journal cannot be written (read-only or full file system, I/O
+        error, a lock held elsewhere for longer than the busy timeout)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO health_probe (id, at) VALUES (1, ?)", (time.time(),))
 
     # --- instances ---------------------------------------------------------------------------
 

@@ -32,8 +32,10 @@ OTHER = "other"
 NO_ROUTE = "none"
 RESERVED = frozenset({OTHER, NO_ROUTE})
 
-#: Failure kinds a forwarder reports (`ForwardFailed.reason`).
-FORWARD_FAILURE_REASONS = ("refused", "unreachable", "status", "timeout", "tls")
+#: Failure kinds a forwarder reports (`ForwardFailed.reason`): the kinds of
+#: `dicom_io.scu.AssociationFailed` ("aborted": the association broke in the middle of a batch)
+#: plus "status", one instance refused by an archive that answered.
+FORWARD_FAILURE_REASONS = ("refused", "unreachable", "aborted", "status", "timeout", "tls")
 #: Lesion gate outcomes (`LesionGateDecided.outcome`).
 GATE_OUTCOMES = ("accepted", "no_lesion_found", *(r.value for r in QuarantineReason))
 
@@ -88,23 +90,26 @@ class Vocabulary:
 
     def clean(self, event: GatewayEvent) -> GatewayEvent:
         """The same event with every free-text field mapped into the vocabulary."""
-        changes: dict[str, str] = {}
+        cleaned: dict[str, str] = {}
         route = getattr(event, "route", None)
         if isinstance(route, str) and route != "":
-            changes["route"] = self.routes(route)
+            cleaned["route"] = self.routes(route)
         destination = getattr(event, "destination", None)
         if isinstance(destination, str):
-            changes["destination"] = self.destinations(destination)
+            cleaned["destination"] = self.destinations(destination)
         stage = getattr(event, "stage", None)
         if isinstance(stage, str):
-            changes["stage"] = self.stages(stage)
+            cleaned["stage"] = self.stages(stage)
         match event:
             case ForwardFailed(reason=reason):
-                changes["reason"] = self.forward_failures(reason)
+                cleaned["reason"] = self.forward_failures(reason)
             case LesionGateDecided(outcome=outcome):
-                changes["outcome"] = self.gate_outcomes(outcome)
+                cleaned["outcome"] = self.gate_outcomes(outcome)
             case AssociationRejected(reason=reason) | InstanceRefused(reason=reason):
-                changes["reason"] = self.refusals(reason)
+                cleaned["reason"] = self.refusals(reason)
             case InstanceQuarantined(reason=reason) | InstanceRejected(reason=reason):
-                changes["reason"] = self.quarantine_reasons(reason)
-        return dataclasses.replace(event, **changes)
+                cleaned["reason"] = self.quarantine_reasons(reason)
+        # A new event only when something changed: the usual event is clean already, and this
+        # runs for every event in the metrics and in the event log.
+        changes = {k: v for k, v in cleaned.items() if getattr(event, k) != v}
+        return dataclasses.replace(event, **changes) if changes else event

@@ -6,12 +6,21 @@ from a dataset (names, IDs, UIDs) must never be bound or logged. As defence in d
 (``patient_name``, ``PatientID``, ``accession``, ``study_uid``...), whatever its value, before a
 line is written: a slip in a caller then leaks a key name, never the value.
 
+Libraries log through the standard `logging` module (pynetdicom, pydicom's warnings, our
+`dicom_io`); `configure_logging` sends those records through the same JSON renderer, one object per
+line, with ``logger`` naming the source. Libraries are heard from warnings up, whatever the level.
+Their messages are free text we do not write, so their text (and every exception's text) is
+scrubbed before it is written: quoted values, UID-like numbers, long digit runs and person-name
+shaped tokens become placeholders (`scrub_text`). That is defence in depth; the rule remains that
+nobody logs a value read from a dataset.
+
 `EventLog` is the event sink that writes one line per `gateway.events` event.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import sys
@@ -41,6 +50,19 @@ _IDENTIFYING_FRAGMENTS = (
 #: Short keys blanked only when they are the whole key ("ssn" alone, not "classname").
 _IDENTIFYING_KEYS = frozenset({"mrn", "ssn", "dob"})
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
+#: Our own packages: they log at the configured level. Everything else from warnings up.
+OWN_LOGGERS = ("gateway", "dicom_io", "deid_core")
+_SCRUB = (
+    # quoted values, as repr() and most messages write them: 'DOE^JOHN', "1.2.3.4.5"
+    (re.compile(r"(?<![A-Za-z0-9])[bru]?'[^'\n]*'"), "'…'"),
+    (re.compile(r'(?<![A-Za-z0-9])[bru]?"[^"\n]*"'), "'…'"),
+    # UIDs: five or more dot-separated numbers (an IPv4 address has four and stays)
+    (re.compile(r"\d+(?:\.\d+){4,}"), "<uid>"),
+    # person names in DICOM form (family^given^...)
+    (re.compile(r"[^\s'\"]*\^[^\s'\"]*"), "<name>"),
+    # dates, MRNs and other long numbers (ports, errno values and counts are shorter)
+    (re.compile(r"\d{6,}"), "<number>"),
+)
 
 
 def is_identifying_key(key: str) -> bool:
@@ -74,29 +96,127 @@ def redact_identifying_keys(
     return event_dict
 
 
+#: A traceback's frame line (file, line number, function): code locations, kept as they are.
+_TRACEBACK_FRAME = re.compile(r'^\s*File "[^"\n]*", line \d+, in [\w<>.]+$')
+
+
+def scrub_text(text: str) -> str:
+    """Free text from elsewhere (a library's message, an exception) with anything shaped like a
+    value from a dataset replaced by a placeholder. Heuristic, and meant to be: it keeps error
+    kinds, errno values, host:port and exception types readable."""
+    for pattern, placeholder in _SCRUB:
+        text = pattern.sub(placeholder, text)
+    return text
+
+
+def scrub_exception(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor (after format_exc_info): scrub rendered tracebacks; an exception's
+    message may quote the value it choked on."""
+    text = event_dict.get("exception")
+    if isinstance(text, str):
+        event_dict["exception"] = "\n".join(
+            line if _TRACEBACK_FRAME.match(line) else scrub_text(line) for line in text.split("\n")
+        )
+    return event_dict
+
+
+def _from_library(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Pre-chain for records of the standard `logging` module: name the source, scrub the text."""
+    record = event_dict.get("_record")
+    if isinstance(record, logging.LogRecord):
+        event_dict["logger"] = record.name
+    event_dict["event"] = scrub_text(str(event_dict.get("event", "")))
+    return event_dict
+
+
+class _SharedLineHandler(logging.Handler):
+    """Writes formatted records through a structlog PrintLogger on the same stream, so lines from
+    `logging` and from structlog share one lock and never interleave."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._out = structlog.PrintLogger(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._out.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(
     level: str = "info", fmt: Literal["json", "console"] = "json", stream: TextIO | None = None
 ) -> None:
+    out = stream or sys.stderr
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
+            scrub_exception,
             redact_identifying_keys,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    # The standard library's records: same renderer, same stream, one line each.
+    handler = _SharedLineHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.processors.add_log_level,
+                timestamper,
+                structlog.processors.format_exc_info,
+                scrub_exception,
+                _from_library,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact_identifying_keys,
+                renderer,
+            ],
+        )
+    )
+    handler._deid_gateway = True  # type: ignore[attr-defined]
+    _remove_library_handler()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    # Libraries from warnings up (their debug output is costly and may dump data sets); our own
+    # packages at the configured level.
+    root.setLevel(max(numeric_level, logging.WARNING))
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(numeric_level)
+    logging.captureWarnings(True)
+
+
+def _remove_library_handler() -> None:
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if getattr(h, "_deid_gateway", False)]:
+        root.removeHandler(previous)
+
+
+def reset_logging() -> None:
+    """Undo `configure_logging` (for tests that configure it several times in one process)."""
+    _remove_library_handler()
+    logging.captureWarnings(False)
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    structlog.reset_defaults()
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
@@ -113,7 +233,14 @@ _WARNING_EVENTS = frozenset(
         "InstanceRejected",
     }
 )
+#: Timing observations, several per instance: the metrics' business; in the log at debug only.
+_DEBUG_EVENTS = frozenset({"StageCompleted", "GpuWork"})
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+@functools.cache
+def _event_name(kind: str) -> str:
+    return _CAMEL.sub("_", kind).lower()
 
 
 class EventLog:
@@ -122,7 +249,7 @@ class EventLog:
     Events carry only configured names, enum values, counts, durations and opaque ids. Given the
     configuration's `Vocabulary`, the sink also maps any route, destination, reason or outcome
     outside it to ``other`` before writing, as the metrics do. Refusals, failures and quarantines
-    are warnings.
+    are warnings; per-stage timings are debug (the latency histograms carry them).
     """
 
     def __init__(
@@ -137,9 +264,11 @@ class EventLog:
         if self._vocabulary is not None:
             event = self._vocabulary.clean(event)
         kind = type(event).__name__
-        name = _CAMEL.sub("_", kind).lower()
+        name = _event_name(kind)
         fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
         if kind in _WARNING_EVENTS:
             self._log.warning(name, **fields)
+        elif kind in _DEBUG_EVENTS:
+            self._log.debug(name, **fields)
         else:
             self._log.info(name, **fields)

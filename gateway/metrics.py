@@ -70,7 +70,7 @@ IOU_BUCKETS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 #: Forward failures that mean the destination itself is unavailable; "status" is one instance
 #: refused by a live archive.
-DESTINATION_DOWN_REASONS = frozenset({"refused", "unreachable", "timeout", "tls"})
+DESTINATION_DOWN_REASONS = frozenset({"refused", "unreachable", "aborted", "timeout", "tls"})
 #: Journal states that count as finished work; every other state is backlog. The journal (issue 3)
 #: may keep finished rows or delete them; either way they are not waiting for anything.
 DEFAULT_FINISHED_JOURNAL_STATES = frozenset({"forwarded", "quarantined", "done", "purged"})

@@ -8,17 +8,18 @@ nothing here can stop or slow the data path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from deid_core.errors import ConfigError
 from gateway.config import MetricsConfig
 from gateway.events import BacklogProbe, EventBus
 from gateway.http import Liveness, MonitoringServer, ReadinessCheck
 from gateway.labels import Vocabulary
 from gateway.logs import EventLog
-from gateway.metrics import GatewayMetrics, WorkerPoolProbe
+from gateway.metrics import DEFAULT_FINISHED_JOURNAL_STATES, GatewayMetrics, WorkerPoolProbe
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Monitoring:
         checks: Mapping[str, ReadinessCheck] | None = None,
         disk_min_free_bytes: int | None = None,
         journal_states: Sequence[str] = (),
+        finished_journal_states: Collection[str] = DEFAULT_FINISHED_JOURNAL_STATES,
         key_fingerprint: str | None = None,
         site: str | None = None,
         log_events: bool = True,
@@ -61,6 +63,7 @@ class Monitoring:
             workers=workers,
             disk_min_free_bytes=disk_min_free_bytes,
             journal_states=journal_states,
+            finished_journal_states=finished_journal_states,
             key_fingerprint=key_fingerprint,
             site=site,
         ).subscribe_to(bus)
@@ -69,10 +72,21 @@ class Monitoring:
         liveness = Liveness()
         server = None
         if config.enabled:
-            server = MonitoringServer(
-                registry, config.address, config.port, liveness=liveness, checks=checks
-            ).start()
+            try:
+                server = MonitoringServer(
+                    registry, config.address, config.port, liveness=liveness, checks=checks
+                ).start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"metrics: cannot listen on {config.address}:{config.port}: "
+                    f"{exc.strerror or exc} (another gateway on this port? set metrics.port)"
+                ) from None
         return cls(registry, metrics, liveness, server)
+
+    def add_check(self, name: str, check: ReadinessCheck) -> None:
+        """Add (or replace) a readiness check; a no-op when the endpoint is disabled."""
+        if self.server is not None:
+            self.server.add_check(name, check)
 
     def stop(self) -> None:
         """Stop serving; safe to call twice."""

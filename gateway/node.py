@@ -3,7 +3,10 @@
 Start-up order: storage and journal, recovery of whatever a crash left (partial spool files,
 spooled files without a row, outbox copies and quarantine folders without a row), the pipeline (a
 bad profile or pixel step stops the start here), the forwarders, the assembler — and only then the
-DICOM listener, so nothing is accepted before everything downstream is ready.
+DICOM listener, so nothing is accepted before everything downstream is ready. Monitoring (metrics,
+event log, `/metrics` `/healthz` `/readyz`) starts right after storage opens, so an orchestrator's
+startup probe gets answers while recovery runs and a model loads, and `/readyz` says "not ready"
+until the listener accepts.
 
 Shutdown (SIGTERM/SIGINT) in stages: stop accepting associations, let open associations finish
 (up to the drain timeout, then abort them: an instance without success status stays with its
@@ -13,11 +16,12 @@ checkpoint and close the journal. `shutdown()` is safe to call twice and from se
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -25,22 +29,44 @@ from typing import TYPE_CHECKING
 from deid_core.errors import ConfigError
 from deid_core.keys import ProjectKey
 from dicom_io.scp import AccessPolicy, StorageSCP, caller_rules
+from dicom_io.scu import StoreTarget
 from dicom_io.tls import server_context
 from gateway.config import GatewayConfig
 from gateway.events import Backlog, EventBus
 from gateway.forwarder import DestinationWorker, Forwarder, store_target
+from gateway.http import ReadinessCheck
 from gateway.ingest import Ingest, adopt_orphans
-from gateway.journal import Journal
+from gateway.journal import InstanceState, Journal
 from gateway.logs import get_logger
+from gateway.monitoring import Monitoring
 from gateway.outbox import Outbox
 from gateway.pipeline import DeidentifierFactory, Pipeline
+from gateway.pixels import MODEL_FREE_STEPS
 from gateway.quarantine import Quarantine
+from gateway.readiness import (
+    DestinationProbe,
+    identifiers,
+    journal_writable,
+    listener_accepting,
+    spool_writable,
+)
+from gateway.routing import Router
 from gateway.spool import DirectorySync, Spool
 
 if TYPE_CHECKING:
     from gateway.review.station import ReviewStation
 
 LOG = get_logger("gateway.node")
+
+#: Journal states whose instances wait for nothing more (not backlog).
+FINISHED_STATES = frozenset({InstanceState.FORWARDED.value, InstanceState.QUARANTINED.value})
+#: Longest silence of the DICOM accept loop (it beats about every half second) before /healthz
+#: calls the process stuck.
+LISTENER_MAX_SILENCE_S = 30.0
+#: ... of the assembler, which beats after every instance: one instance's metadata
+#: de-identification takes milliseconds, one photograph's edit on a slow GPU minutes.
+ASSEMBLER_MAX_SILENCE_S = 120.0
+ASSEMBLER_WITH_MODEL_MAX_SILENCE_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +141,10 @@ class GatewayNode:
         *,
         deidentifier_factory: DeidentifierFactory | None = None,
         drain_timeout: float = 30.0,
+        monitor: bool = True,
     ) -> None:
+        """``monitor=False`` leaves out metrics, the event log and the monitoring endpoint (for
+        code that embeds a node and brings its own observers, such as the demo)."""
         self.cfg = cfg
         self.key = key
         self.events = events or EventBus()
@@ -131,6 +160,9 @@ class GatewayNode:
         self.pipeline: Pipeline | None = None
         self.address: tuple[str, int] | None = None
         self.review: ReviewStation | None = None
+        self._monitor = monitor
+        self.monitoring: Monitoring | None = None
+        self._extra_checks: dict[str, ReadinessCheck] = {}
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -143,8 +175,11 @@ class GatewayNode:
             ssl_ctx = server_context(
                 t.cert_file, t.key_file, t.client_ca_file, t.require_client_cert
             )
+        targets = {name: store_target(name, dest, cfg) for name, dest in cfg.destinations.items()}
         storage = Storage.open(cfg)
         self.storage = storage
+        if self._monitor:
+            self._start_monitoring(storage, targets)
         self._recover(storage)
         self.pipeline = Pipeline(
             cfg,
@@ -156,23 +191,36 @@ class GatewayNode:
             self.events,
             self._deidentifier_factory,
         )
+        for step in self.pipeline.pixel_steps.values():
+            offered = getattr(step, "readiness_checks", None)
+            if callable(offered):
+                for name, check in offered().items():
+                    self.add_readiness_check(name, check)
         rng = random.Random()
-        workers = {
-            name: DestinationWorker(
+        loops = identifiers("forwarder", cfg.destinations)
+        workers = {}
+        for name, dest in cfg.destinations.items():
+            self._register_loop(
+                loops[name], 2 * dest.connect_timeout_s + 2 * dest.dimse_timeout_s + 30.0
+            )
+            workers[name] = DestinationWorker(
                 name,
                 dest,
-                store_target(name, dest, cfg),
+                targets[name],
                 storage.journal,
                 storage.outbox,
                 storage.spool,
                 storage.quarantine,
                 self.events,
                 rng,
+                heartbeat=self._beater(loops[name]),
             )
-            for name, dest in cfg.destinations.items()
-        }
         self.forwarder = Forwarder(workers)
         self.forwarder.start()
+        self._register_loop(
+            "assembler",
+            ASSEMBLER_WITH_MODEL_MAX_SILENCE_S if self._uses_model() else ASSEMBLER_MAX_SILENCE_S,
+        )
         self._assembler = threading.Thread(target=self._assemble, name="assembler", daemon=True)
         self._assembler.start()
         if cfg.review.enabled:
@@ -180,6 +228,7 @@ class GatewayNode:
 
             self.review = ReviewStation(cfg, storage, on_decision=self.forwarder.wake)
             self.review.start()
+        self._register_loop("dicom_listener", LISTENER_MAX_SILENCE_S)
         self.scp = StorageSCP(
             policy=policy,
             sink=Ingest(storage.spool, storage.journal, self.key, self.events),
@@ -188,6 +237,7 @@ class GatewayNode:
             max_pdu_size=cfg.node.max_pdu_size,
             network_timeout=cfg.node.network_timeout_s,
             ssl_context=ssl_ctx,
+            heartbeat=self._beater("dicom_listener"),
         )
         self.address = self.scp.start()
         LOG.info(
@@ -201,6 +251,76 @@ class GatewayNode:
             key_fingerprint=self.key.fingerprint(),
         )
         return self.address
+
+    def _start_monitoring(self, storage: Storage, targets: dict[str, StoreTarget]) -> None:
+        cfg = self.cfg
+        routes = [r.name for r in Router.from_config(cfg).all_routes()]
+        checks: dict[str, ReadinessCheck] = {
+            "journal_writable": journal_writable(storage.journal),
+            "spool_writable": spool_writable(storage.spool),
+            "dicom_listener": listener_accepting(lambda: self.scp),
+        }
+        if self._uses_model():
+            # Placeholder until the step says more (its own `model_loaded`, if it offers one):
+            # building the pipeline builds the step, which loads its model.
+            checks["model_loaded"] = lambda: self.pipeline is not None
+        checks.update(self._extra_checks)
+        monitoring = Monitoring.start(
+            cfg.metrics,
+            self.events,
+            routes,
+            list(cfg.destinations),
+            backlog=BacklogReader(storage),
+            checks=checks,
+            disk_min_free_bytes=storage.spool.refusal_free_bytes(),
+            journal_states=[s.value for s in InstanceState],
+            finished_journal_states=FINISHED_STATES,
+            key_fingerprint=self.key.fingerprint(),
+            site=cfg.site.id,
+        )
+        self.monitoring = monitoring
+        for name, check_name in identifiers("destination", cfg.destinations).items():
+            monitoring.add_check(
+                check_name,
+                DestinationProbe(
+                    name, targets[name], on_result=monitoring.metrics.set_destination_up
+                ),
+            )
+
+    def _uses_model(self) -> bool:
+        return any(
+            r.pixels not in MODEL_FREE_STEPS for r in Router.from_config(self.cfg).all_routes()
+        )
+
+    def add_readiness_check(self, name: str, check: ReadinessCheck) -> None:
+        """Make `/readyz` also ask `check` (True/None: ready; False or raising: not ready), or
+        replace the check of that name. Before `start()` or while running; e.g. a pixel step's
+        `model_loaded`, a remote executor's broker connection."""
+        self._extra_checks[name] = check
+        if self.monitoring is not None:
+            self.monitoring.add_check(name, check)
+
+    def _register_loop(self, loop: str, max_silence_s: float) -> None:
+        if self.monitoring is not None:
+            self.monitoring.liveness.register(loop, max_silence_s)
+
+    def _beater(self, loop: str) -> Callable[[], None]:
+        """The heartbeat of one loop for `/healthz`; a no-op without monitoring or once the loop
+        was unregistered at shutdown."""
+        monitoring = self.monitoring
+        if monitoring is None:
+            return lambda: None
+        liveness = monitoring.liveness
+
+        def beat() -> None:
+            with contextlib.suppress(KeyError):
+                liveness.beat(loop)
+
+        return beat
+
+    def _unregister_loop(self, loop: str) -> None:
+        if self.monitoring is not None:
+            self.monitoring.liveness.unregister(loop)
 
     def _recover(self, storage: Storage) -> None:
         partial = storage.spool.remove_partial_files()
@@ -221,9 +341,11 @@ class GatewayNode:
     def _assemble(self) -> None:
         assert self.pipeline is not None
         interval = min(0.5, max(0.05, self.cfg.storage.study_stable_seconds / 4))
+        beat = self._beater("assembler")
         while not self._stop_assembler.is_set():
+            beat()
             try:
-                handled = self.pipeline.process_ready(stop=self._stop_assembler)
+                handled = self.pipeline.process_ready(stop=self._stop_assembler, progress=beat)
             except Exception:
                 LOG.exception("assembler_error")
                 handled = 0
@@ -248,6 +370,7 @@ class GatewayNode:
             LOG.info("shutdown_started")
             if self.scp is not None:
                 self.scp.stop_accepting()
+                self._unregister_loop("dicom_listener")
                 if not self.scp.wait_idle(self.drain_timeout):
                     LOG.warning("shutdown_aborting_associations")
                     self.scp.abort_all()
@@ -257,8 +380,13 @@ class GatewayNode:
             self._stop_assembler.set()
             if self._assembler is not None:
                 self._assembler.join(self.drain_timeout)
+                self._unregister_loop("assembler")
             if self.forwarder is not None:
                 self.forwarder.stop(self.drain_timeout)
+                for loop in identifiers("forwarder", self.cfg.destinations).values():
+                    self._unregister_loop(loop)
+            if self.monitoring is not None:
+                self.monitoring.stop()
             if self.storage is not None:
                 self.storage.close()
             self._stopped.set()

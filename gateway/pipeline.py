@@ -28,6 +28,7 @@ from gateway.events import (
     EventBus,
     InstanceQuarantined,
     InstanceRejected,
+    ModelLoaded,
     QuarantineReason,
     Stage,
     StageCompleted,
@@ -37,7 +38,13 @@ from gateway.ingest import NO_STUDY
 from gateway.journal import InstanceRow, Journal
 from gateway.logs import get_logger
 from gateway.outbox import Outbox
-from gateway.pixels import PixelContext, PixelRejected, PixelStep, build_pixel_step
+from gateway.pixels import (
+    MODEL_FREE_STEPS,
+    PixelContext,
+    PixelRejected,
+    PixelStep,
+    build_pixel_step,
+)
 from gateway.quarantine import Quarantine
 from gateway.routing import Route, RouteContext, Router
 from gateway.spool import Spool
@@ -150,29 +157,47 @@ class Pipeline:
         self._deidentifiers: dict[str, Deidentifier] = {
             name: factory(cfg, name, key) for name in cfg.profiles
         }
-        steps = {r.pixels for r in cfg.routes}
-        if not isinstance(cfg.default_route, str):
-            steps.add(cfg.default_route.pixels)
-        steps.add("none")
-        self._pixel_steps: dict[str, PixelStep] = {
-            name: build_pixel_step(name, cfg) for name in steps
-        }
+        routes_by_step: dict[str, list[str]] = {"none": []}
+        for route in self.router.all_routes():
+            routes_by_step.setdefault(route.pixels, []).append(route.name)
+        self._pixel_steps: dict[str, PixelStep] = {}
+        for name, routes in routes_by_step.items():
+            started = time.perf_counter()
+            self._pixel_steps[name] = build_pixel_step(name, cfg)
+            if name not in MODEL_FREE_STEPS:
+                # A step with a model loads it when built (once, at start-up).
+                seconds = time.perf_counter() - started
+                for route_name in routes:
+                    self.events.emit(ModelLoaded(route=route_name, seconds=seconds))
+
+    @property
+    def pixel_steps(self) -> dict[str, PixelStep]:
+        """The built pixel steps by name (the node asks them for readiness checks)."""
+        return dict(self._pixel_steps)
 
     # --- assembly ------------------------------------------------------------------------------
 
-    def process_ready(self, now: float | None = None, stop: threading.Event | None = None) -> int:
-        """Process every study that has been stable long enough; returns instances handled."""
+    def process_ready(
+        self,
+        now: float | None = None,
+        stop: threading.Event | None = None,
+        progress: Callable[[], None] | None = None,
+    ) -> int:
+        """Process every study that has been stable long enough; returns instances handled.
+        `progress` is called after each instance (a liveness heartbeat through long studies)."""
         now = time.time() if now is None else now
         cutoff = now - self.cfg.storage.study_stable_seconds
         handled = 0
         for skey in self.journal.stable_studies(cutoff):
             if stop is not None and stop.is_set():
                 break
-            result = self.process_study(skey)
+            result = self.process_study(skey, progress)
             handled += result.queued + result.quarantined
         return handled
 
-    def process_study(self, study_key: str) -> StudyResult:
+    def process_study(
+        self, study_key: str, progress: Callable[[], None] | None = None
+    ) -> StudyResult:
         result = StudyResult()
         routed: Counter[str] = Counter()
         # The study's outbox copies are committed together, so a forwarder sees the whole study
@@ -183,6 +208,8 @@ class Pipeline:
             route_name = self._process_instance(row, result, staged)
             if route_name is not None:
                 routed[route_name] += 1
+            if progress is not None:
+                progress()
         if staged:
             self.journal.mark_queued_many(staged, study_key)
         for route_name, count in routed.items():
@@ -219,11 +246,12 @@ class Pipeline:
         )
         self.spool.remove(row.spool_path)
         result.quarantined += 1
+        context = {"study_key": row.study_key, "association_id": row.association_id}
         if rejected:
-            self.events.emit(InstanceRejected(route=route, reason=reason))
-        self.events.emit(InstanceQuarantined(route=route, reason=reason))
+            self.events.emit(InstanceRejected(route=route, reason=reason, **context))
+        self.events.emit(InstanceQuarantined(route=route, reason=reason, **context))
         LOG.info(
-            "instance_quarantined",
+            "quarantine_entry_created",
             study_key=row.study_key,
             route=route,
             reason=reason.value,

@@ -92,6 +92,14 @@ class QuarantineBurnedIn:
 
 PixelStepFactory = Callable[[GatewayConfig], PixelStep]
 
+#: The built-in steps, which load no model. Any other step (e.g. "flowedit") is taken to load one
+#: when it is built: the pipeline reports its load time (`ModelLoaded`) and the node adds a
+#: `model_loaded` readiness check. A step may also offer its own readiness checks by defining
+#: ``readiness_checks() -> Mapping[str, Callable[[], bool | None]]`` (e.g. ``{"model_loaded":
+#: ...}`` for a model loaded in the background); the node registers them at start-up, replacing a
+#: check of the same name.
+MODEL_FREE_STEPS = frozenset({"none", "quarantine_burned_in"})
+
 _FACTORIES: dict[str, PixelStepFactory] = {
     "none": lambda cfg: NoPixelStep(),
     "quarantine_burned_in": lambda cfg: QuarantineBurnedIn(),

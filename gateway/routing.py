@@ -122,3 +122,8 @@ class Router:
     @property
     def names(self) -> list[str]:
         return [r.route.name for r in self._routes]
+
+    def all_routes(self) -> list[Route]:
+        """Every route an instance can take: the configured ones, then the default if any."""
+        routes = [r.route for r in self._routes]
+        return [*routes, self.default] if self.default is not None else routes

@@ -98,6 +98,19 @@ def write_durably(
     return size
 
 
+def probe_directory(directory: Path) -> None:
+    """Create, write, fsync and remove a small file in `directory`: raises OSError when new files
+    cannot be made there (read-only or full file system, permissions, an immutable folder)."""
+    probe = directory / f".probe-{uuid.uuid4().hex}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"probe")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
 def ensure_directory(path: Path, dirsync: DirectorySync) -> None:
     """Create `path` (and parents) durably: each new directory's parent is fsynced."""
     if path.is_dir():
@@ -152,6 +165,19 @@ class Spool:
                 ensure_directory(path, self.dirsync)
                 self._day = (day, path)
             return self._day[1]
+
+    def refusal_free_bytes(self) -> int:
+        """Free space below which the spool refuses instances: the stricter of `min_free_bytes`
+        and the high-water percentage of the file system's size."""
+        st = os.statvfs(self.root)
+        total = st.f_blocks * st.f_frsize
+        return max(self.min_free_bytes, int(total * (100.0 - self.high_water_percent) / 100.0))
+
+    def check_writable(self) -> None:
+        """Raise when the spool cannot take an instance now: SpoolFull past the high-water mark,
+        OSError when no file can be written where received instances go."""
+        self.check_space()
+        probe_directory(self._day_dir())
 
     def check_space(self, incoming_bytes: int = 0) -> None:
         """Raise SpoolFull when accepting `incoming_bytes` more would pass the high-water mark."""

@@ -17,17 +17,14 @@ CONFIG_OPTION = typer.Option("--config", "-c", help="YAML configuration file")
 
 
 def serve(config: Annotated[Path, CONFIG_OPTION]) -> None:
-    """Run the gateway in the foreground (structured logs on stderr) until SIGTERM or Ctrl-C."""
-    from gateway.eventlog import EventLog
-    from gateway.events import EventBus
+    """Run the gateway in the foreground until SIGTERM or Ctrl-C: structured logs on stderr,
+    /metrics, /healthz and /readyz on the `metrics` address."""
     from gateway.node import GatewayNode
 
     cfg = load_config(config)
     configure_logging(cfg.logging.level, cfg.logging.format)
     key = cfg.load_key()
-    events = EventBus()
-    events.subscribe(EventLog())
-    node = GatewayNode(cfg, key, events)
+    node = GatewayNode(cfg, key)
     try:
         node.start()
         node.serve_forever()

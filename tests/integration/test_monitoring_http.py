@@ -219,3 +219,24 @@ def test_monitoring_wires_bus_metrics_logs_and_endpoint(key_file: Path) -> None:
     off = Monitoring.start(disabled, EventBus(), ROUTES, DESTINATIONS, log_events=False)
     assert off.server is None
     off.stop()
+
+
+def test_a_taken_port_is_a_clear_configuration_error(key_file: Path) -> None:
+    first = Monitoring.start(
+        parse_config({"project": {"key": {"file": str(key_file)}}, "metrics": {"port": 0}}).metrics,
+        EventBus(),
+        ROUTES,
+        DESTINATIONS,
+        log_events=False,
+    )
+    try:
+        assert first.server is not None
+        taken = parse_config(
+            {"project": {"key": {"file": str(key_file)}}, "metrics": {"port": first.server.port}}
+        ).metrics
+        with pytest.raises(
+            ConfigError, match=rf"metrics: cannot listen on 127\.0\.0\.1:{first.server.port}"
+        ):
+            Monitoring.start(taken, EventBus(), ROUTES, DESTINATIONS, log_events=False)
+    finally:
+        first.stop()

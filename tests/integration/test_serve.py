@@ -20,6 +20,7 @@ pytestmark = pytest.mark.network
 def test_serve_runs_on_the_default_config_and_stops_on_sigterm(tmp_path: Path) -> None:
     data = yaml.safe_load((REPO / "gateway/defaults/gateway.yaml").read_text())
     data["node"]["port"] = 0  # the default 11112 may be taken on a shared machine
+    data["metrics"]["port"] = 0  # ... and 9477 too
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump(data))
     (tmp_path / "var").mkdir()

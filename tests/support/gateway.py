@@ -89,6 +89,8 @@ def config_dict(
         if routes is not None
         else ([{"name": "all", "destinations": sorted(destinations)}] if destinations else []),
         "logging": {"level": "warning"},
+        # A free port per node: parallel test runs must not fight over 9477.
+        "metrics": {"enabled": True, "address": "127.0.0.1", "port": 0},
     }
     for name, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(name), dict):

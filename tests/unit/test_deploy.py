@@ -24,7 +24,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.config import parse_config
+from gateway.config import GatewayConfig, parse_config
+from gateway.labels import Vocabulary
+from gateway.node import access_policy
+from gateway.routing import Router
 from tests.conftest import REPO
 from tests.support.helm_template import Chart, TemplateError, UnsupportedTemplate, merge
 
@@ -84,6 +87,60 @@ def test_image_entry_point_is_the_project_console_script() -> None:
     assert scripts["deid-gateway"] == "gateway.cli:main"
 
 
+# ---- commands and configuration shared by Compose and the chart --------------------------------
+
+#: Where Compose and the chart mount the gateway's YAML.
+CONFIG_PATH = "/etc/deid-gateway/gateway.yaml"
+#: The volume with the spool, outbox, quarantine and journal in both.
+STATE_DIR = Path("/var/lib/deid-gateway")
+
+
+def cli_commands() -> dict[str, list[str]]:
+    """Each `deid-gateway` command and its option names, from the CLI itself."""
+    import typer
+
+    from gateway.cli import app
+
+    group = typer.main.get_command(app)
+    return {
+        name: [opt for param in command.params for opt in param.opts]
+        for name, command in group.commands.items()  # type: ignore[attr-defined]
+    }
+
+
+def check_container_command(args: list[str], role: str) -> None:
+    """`serve --config <mounted YAML>` for the gateway; `worker --config ...` for GPU workers
+    (the worker command arrives with the Celery executor, issue 7: until then only its form is
+    checked)."""
+    assert args == [role, "--config", CONFIG_PATH]
+    commands = cli_commands()
+    if role == "serve" or role in commands:
+        assert "--config" in commands[role], f"`deid-gateway {role}` takes no --config"
+
+
+def check_container_config(cfg: GatewayConfig, dicom_port: int, metrics_port: int) -> None:
+    """A configuration a container can start with: callers can associate, every interface of the
+    container listens on the published ports, all state is on the volume, every route reaches a
+    configured destination, and metric labels can be made from its names."""
+    access_policy(cfg)  # raises when nobody could associate
+    assert cfg.node.host in {"0.0.0.0", "::"} and cfg.node.port == dicom_port
+    assert cfg.metrics.enabled and cfg.metrics.address in {"0.0.0.0", "::"}
+    assert cfg.metrics.port == metrics_port
+    storage = cfg.storage
+    for path in (storage.spool_dir, storage.outbox_dir, storage.quarantine_dir, storage.journal):
+        assert path.is_absolute() and STATE_DIR in path.parents, path
+    routes = Router.from_config(cfg).all_routes()
+    assert routes and all(r.destinations for r in routes)
+    Vocabulary([r.name for r in routes], list(cfg.destinations))
+
+
+def test_the_image_runs_serve_on_the_mounted_configuration() -> None:
+    for name in ("Dockerfile", "Dockerfile.cuda"):
+        commands = dockerfile.parse_file(str(DEPLOY / name))
+        cmd = next(c for c in commands if c.cmd == "CMD")
+        check_container_command(json.loads(cmd.original.split(None, 1)[1]), "serve")
+
+
 # ---- Compose ---------------------------------------------------------------------------------
 
 
@@ -137,11 +194,21 @@ def test_compose_services_fit_together(key_file: Path) -> None:
     gateway_yaml = yaml.safe_load((DEPLOY / "compose" / "gateway.yaml").read_text())
     cfg = parse_config(gateway_yaml, "deploy/compose/gateway.yaml")
     assert cfg.project.key.file == Path("/run/secrets/project_key")
-    assert cfg.metrics.enabled and cfg.metrics.address == "0.0.0.0"
     gateway = services["gateway"]
-    assert f"{cfg.metrics.port}" in gateway["expose"]
+    published = int(gateway["ports"][0].split(":")[-1])
+    check_container_config(cfg, dicom_port=published, metrics_port=int(gateway["expose"][0]))
+    check_container_command(gateway["command"], "serve")
+    check_container_command(services["worker"]["command"], "worker")
+    assert f"{CONFIG_PATH}:ro" in " ".join(gateway["volumes"])
     assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
-    assert any(v.startswith("spool:/var/lib/deid-gateway") for v in gateway["volumes"])
+    assert any(v.startswith(f"spool:{STATE_DIR}") for v in gateway["volumes"])
+    # The archive of the stack is the destination, and it knows the gateway's AE title.
+    (archive,) = cfg.destinations.values()
+    orthanc = services[archive.host]["environment"]
+    assert orthanc["ORTHANC__DICOM_AET"] == archive.ae_title
+    assert int(orthanc["ORTHANC__DICOM_PORT"]) == archive.port
+    modalities = json.loads(orthanc["ORTHANC__DICOM_MODALITIES"])
+    assert [cfg.node.ae_title, "gateway", cfg.node.port] in modalities.values()
     # Prometheus scrapes the gateway on that port and loads the alert rules.
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "deid-gateway")
@@ -361,7 +428,10 @@ def test_gateway_deployment_probes_volumes_and_service_fit(chart: Chart) -> None
     cfg = parse_config(yaml.safe_load(configmap["data"]["gateway.yaml"]), "chart config")
     key_mount = mounts["project-key"]["mountPath"]
     assert cfg.project.key.file == Path(key_mount) / "project.key"
-    assert cfg.metrics.port == ports["metrics"] and cfg.metrics.address == "0.0.0.0"
+    check_container_config(cfg, dicom_port=ports["dicom"], metrics_port=ports["metrics"])
+    assert Path(mounts["spool"]["mountPath"]) == STATE_DIR
+    assert mounts["config"]["mountPath"] == CONFIG_PATH
+    check_container_command(container["args"], "serve")
     secret = objs[("Secret", "gw-deid-gateway-key")]
     assert "project.key" in secret["data"]
     # The Service selects exactly the gateway pods and names the ports the probes use.
@@ -385,7 +455,7 @@ def test_gpu_worker_requests_gpus_and_selects_only_workers(chart: Chart) -> None
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert container["resources"]["requests"]["nvidia.com/gpu"] == 2
-    assert container["args"][0] == "worker"
+    check_container_command(container["args"], "worker")
     assert pod["runtimeClassName"] == "nvidia"
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     gateway = objs[("Deployment", "gw-deid-gateway")]
@@ -429,6 +499,19 @@ def test_prometheus_rule_from_the_chart_passes_promtool(chart: Chart, tmp_path: 
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_readiness_can_keep_ingesting_through_an_archive_outage(chart: Chart) -> None:
+    """Default: /readyz (an unreachable archive takes the pod out of the Service); an operator
+    who wants ingest to go on through archive outages probes /healthz instead."""
+    for path in ("/readyz", "/healthz"):
+        values = {"gateway": {"readinessProbe": {"path": path}}}
+        jsonschema.validate(merge(chart.default_values, values), values_schema())
+        objs = by_kind(chart.manifests(values))
+        (container,) = objs[("Deployment", "gw-deid-gateway")]["spec"]["template"]["spec"][
+            "containers"
+        ]
+        assert container["readinessProbe"]["httpGet"] == {"path": path, "port": "metrics"}
+
+
 def test_existing_claim_and_no_persistence(chart: Chart) -> None:
     objs = by_kind(chart.manifests({"persistence": {"existingClaim": "site-spool"}}))
     assert not any(kind == "PersistentVolumeClaim" for kind, _ in objs)
@@ -464,6 +547,9 @@ def test_values_schema_accepts_the_defaults_and_the_full_set(chart: Chart) -> No
         {"projectKey": {"existingSecret": "", "value": ""}},
         {"projectKey": {"value": "too-short"}},
         {"config": {"metrics": {"address": "127.0.0.1"}}},
+        {"config": {"node": {"host": "127.0.0.1"}}},
+        {"gateway": {"readinessProbe": {"path": "/metrics"}}},
+        {"config": {"storage": {"journal": "/tmp/journal.sqlite"}}},
         {"config": {"project": {"key": {"file": "/elsewhere/key"}}}},
         {"persistence": {"size": "lots"}},
     ],

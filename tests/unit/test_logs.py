@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -9,7 +11,15 @@ import structlog
 
 from gateway.events import EventBus, GatewayEvent, StudyRouted
 from gateway.labels import Vocabulary
-from gateway.logs import REDACTED, EventLog, configure_logging, get_logger, is_identifying_key
+from gateway.logs import (
+    REDACTED,
+    EventLog,
+    configure_logging,
+    get_logger,
+    is_identifying_key,
+    reset_logging,
+    scrub_text,
+)
 from tests.support.ops import DESTINATIONS, PLANTED_PHI, ROUTES, realistic_stream
 
 
@@ -18,7 +28,7 @@ def log_stream() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     configure_logging("debug", "json", stream=stream)
     yield stream
-    structlog.reset_defaults()
+    reset_logging()
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -138,3 +148,65 @@ def test_without_a_vocabulary_the_event_log_writes_fields_as_they_are(
     EventLog().emit(StudyRouted(study_key="s", route="not-configured", instances=1))
     (record,) = lines(log_stream)
     assert record["route"] == "not-configured"
+
+
+# ---- records of the standard logging module (pynetdicom, pydicom warnings, dicom_io) ---------
+
+
+def test_library_records_are_json_lines_with_their_text_scrubbed(log_stream: io.StringIO) -> None:
+    library = logging.getLogger("pynetdicom.acse")
+    library.error("Non-conformant 'AE Title' value 'CNRYCALLER01'")
+    library.error("TCP Initialisation Error: [Errno 111] Connection refused")
+    library.info("Association Accepted")  # libraries are heard from warnings up only
+    library.debug("PDU dump with DOE^JOHN")
+    logging.getLogger("dicom_io.scp").info("refused a malformed data set: %s", "truncated")
+    warnings.warn("Invalid value for VR PN: 'DOE^JOHN'", UserWarning, stacklevel=1)
+    records = lines(log_stream)
+    assert [r["logger"] for r in records] == [
+        "pynetdicom.acse",
+        "pynetdicom.acse",
+        "dicom_io.scp",
+        "py.warnings",
+    ]
+    assert records[0]["event"] == "Non-conformant '…' value '…'"
+    assert records[0]["level"] == "error" and "timestamp" in records[0]
+    assert records[1]["event"] == "TCP Initialisation Error: [Errno 111] Connection refused"
+    assert records[2]["event"] == "refused a malformed data set: truncated"
+    assert records[3]["level"] == "warning"
+    text = log_stream.getvalue()
+    assert "CNRYCALLER01" not in text and "DOE^JOHN" not in text
+
+
+def test_exception_text_is_scrubbed_but_frames_are_kept(log_stream: io.StringIO) -> None:
+    def choke(value: str) -> None:
+        raise ValueError(f"Invalid value for VR UI: {value!r}")
+
+    for log in (get_logger("gateway.pipeline"), logging.getLogger("pynetdicom.events")):
+        try:
+            choke("1.2.840.113619.2.55.3.604688119.868.1249000000.999")
+        except ValueError:
+            log.exception("assembler_error")
+    records = lines(log_stream)
+    assert len(records) == 2
+    for record in records:
+        exception = str(record["exception"])
+        assert "1.2.840.113619" not in exception
+        assert "ValueError: Invalid value for VR UI: '…'" in exception
+        assert 'test_logs.py", line' in exception and "in choke" in exception
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("value 'DOE^JOHN' rejected", "value '…' rejected"),
+        ('KeyError: "PatientName"', "KeyError: '…'"),
+        ("uid 1.2.826.0.1.3680043.8.498.1 seen", "uid <uid> seen"),
+        ("born 19520317, MRN 0012345", "born <number>, MRN <number>"),
+        ("SMITH^JANE^^DR arrived", "<name> arrived"),
+        ("cannot connect to ARCHIVE@169.254.3.2:4242: timed out", None),
+        ("TCP Initialisation Error: [Errno 111] Connection refused", None),
+        ("don't retry: it's permanent", None),
+    ],
+)
+def test_scrub_text(text: str, expected: str | None) -> None:
+    assert scrub_text(text) == (text if expected is None else expected)

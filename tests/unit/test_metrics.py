@@ -234,7 +234,7 @@ def test_every_label_value_comes_from_a_fixed_set(registry: CollectorRegistry) -
     reasons = (
         {r.value for r in QuarantineReason}
         | {r.value for r in RefusalReason}
-        | {"refused", "unreachable", "status", "timeout", "tls", "other"}
+        | {"refused", "unreachable", "aborted", "status", "timeout", "tls", "other"}
     )
     allowed = {
         "route": routes,
