@@ -184,6 +184,8 @@ def method_figures(result: EvaluationResult, method: str) -> dict[str, Any]:
     figures["strongest_attack_top5"] = strongest_attack(result.summary[method], "top5") or ""
     for reason, count in result.rejections[method].items():
         figures[f"rejected_{reason}"] = count
+    for reason, count in result.flags[method].items():
+        figures[f"flagged_{reason}"] = count
     return figures
 
 
@@ -329,7 +331,7 @@ def _plot_tradeoff(result: EvaluationResult, path: Path) -> None:
     if not math.isnan(n) and n > 0:
         ax.axhline(1 / n, color="grey", ls=":", lw=1, label=f"chance top-1 (1/{int(n)})")
         ax.axhline(min(5, n) / n, color="grey", ls="--", lw=0.8, label="chance top-5")
-    if result.gate_threshold is not None:
+    if result.gate_threshold:
         ax.axvline(
             result.gate_threshold, color="firebrick", ls="--", lw=0.8, label="gate threshold"
         )
@@ -533,15 +535,17 @@ def _html(result: EvaluationResult, info: RunInfo) -> str:
         "<h2>Figures per method</h2>",
         '<table id="summary"><tr><th>method</th><th>kind</th>',
         *(f"<th>{esc(heading)}</th>" for _, heading, _ in SUMMARY_COLUMNS),
-        "<th>strongest attack</th><th>rejections</th></tr>",
+        "<th>strongest attack</th><th>rejections</th><th>passed with a flag</th></tr>",
     ]
     for m in result.methods:
         s = result.summary[m.name]
         cells = "".join(_cell(m.name, fig, s[fig], kind) for fig, _, kind in SUMMARY_COLUMNS)
         rejections = ", ".join(f"{k}: {v}" for k, v in result.rejections[m.name].items())
+        flags = ", ".join(f"{k}: {v}" for k, v in result.flags[m.name].items())
         parts.append(
             f'<tr><td class="name">{esc(m.name)}</td><td class="name">{esc(m.kind)}</td>{cells}'
-            f"<td>{esc(strongest_attack(s) or '–')}</td><td>{esc(rejections or '–')}</td></tr>"
+            f"<td>{esc(strongest_attack(s) or '–')}</td><td>{esc(rejections or '–')}</td>"
+            f"<td>{esc(flags or '–')}</td></tr>"
         )
     parts += [
         "</table>",

@@ -8,7 +8,15 @@ report.
 
 from deid_core.evaluation.fidelity import Fidelity, measure_fidelity
 from deid_core.evaluation.imaging import fit_long_side, iou
-from deid_core.evaluation.judge import PASS, REJECT, LesionJudge, ThresholdJudge, Verdict
+from deid_core.evaluation.judge import (
+    PASS,
+    REJECT,
+    GateJudge,
+    LesionJudge,
+    ThresholdJudge,
+    Verdict,
+    otsu_redness_mask,
+)
 from deid_core.evaluation.linkage import ATTACKS, FUSED, AttackSettings, describe
 from deid_core.evaluation.methods import (
     BASELINE,
@@ -47,6 +55,7 @@ __all__ = [
     "EvaluationSettings",
     "ExamplePanel",
     "Fidelity",
+    "GateJudge",
     "GaussianBlur",
     "ImageRecord",
     "LesionJudge",
@@ -64,5 +73,6 @@ __all__ = [
     "iou",
     "measure_fidelity",
     "no_transform",
+    "otsu_redness_mask",
     "strongest_attack",
 ]

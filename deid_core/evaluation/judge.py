@@ -2,8 +2,9 @@
 
 The evaluation judges every method, baselines included, with the route's own gate: "would the gate
 have let this blurred photograph through?" is part of the answer. The original's mask is computed
-once per photograph and reused for every method, because on a real route it costs a synthesis of a
-healthy twin.
+once per photograph and reused for every method, because with the twin method it costs a synthesis
+of a healthy twin. Verdicts follow the gate's rules and reasons (`deid_core.lesion.gate.decide`),
+whatever finds the masks.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ import numpy as np
 from skimage import color
 from skimage.filters import threshold_otsu
 
-from deid_core.evaluation.imaging import fit_long_side, iou, resize_mask
+from deid_core.evaluation.imaging import fit_long_side, resize_mask
+from deid_core.lesion import (
+    GateMethod,
+    GateOutcome,
+    GateResult,
+    LesionGate,
+    LesionGateParams,
+    healthy_twins,
+    skin_relative_mask,
+    twin_mask,
+)
+from deid_core.lesion.gate import decide
 
 #: Where a mask comes from: (H, W, 3) uint8 -> (H, W) bool, True = lesion.
 MaskFunction = Callable[[np.ndarray], np.ndarray]
@@ -30,7 +42,9 @@ class Verdict:
     """The gate's answer for one de-identified image."""
 
     outcome: str  # PASS or REJECT
-    reason: str | None  # short fixed vocabulary, None when passed
+    #: The gate's reason: a rejection, or a flag on a pass ("no_lesion_found"); None when plainly
+    #: accepted.
+    reason: str | None
     iou: float  # lesion IoU between original and de-identified masks (NaN when both empty)
 
 
@@ -39,47 +53,73 @@ class LesionJudge(Protocol):
 
     #: A one-line description for the report (method and threshold).
     description: str
+    #: The IoU the gate requires (drawn on the trade-off plot).
+    threshold: float
 
-    def mask(self, image: np.ndarray) -> np.ndarray: ...
+    def mask(self, image: np.ndarray, seed: int) -> np.ndarray: ...
 
     def judge(self, mask_original: np.ndarray, mask_edited: np.ndarray) -> Verdict: ...
 
 
+def _verdict(result: GateResult) -> Verdict:
+    reason = None if result.outcome is GateOutcome.ACCEPTED else result.reason
+    value = float("nan") if result.iou is None else float(result.iou)
+    return Verdict(PASS if result.accepted else REJECT, reason, value)
+
+
+class GateJudge:
+    """The route's `LesionGate` (twin or synthesis-free), one image at a time. A twin mask uses the
+    photograph's seed for the original and for every output, as the gate uses one seed for both
+    twins, so only the images differ."""
+
+    def __init__(self, gate: LesionGate, note: str = "") -> None:
+        self.gate = gate
+        params = gate.params
+        self.threshold = params.iou_threshold
+        self.description = f"lesion gate ({params.method.value}), IoU >= {params.iou_threshold:g}"
+        if note:
+            self.description += f"; {note}"
+
+    def mask(self, image: np.ndarray, seed: int) -> np.ndarray:
+        params = self.gate.params
+        if params.method is GateMethod.SYNTHESIS_FREE:
+            return skin_relative_mask(image, params.skin)
+        assert self.gate.twin_generator is not None
+        (twin,) = healthy_twins(self.gate.twin_generator, [image], [seed], params.twin_long_side)
+        return twin_mask(image, twin, params.twin)
+
+    def judge(self, mask_original: np.ndarray, mask_edited: np.ndarray) -> Verdict:
+        return _verdict(decide(mask_original, mask_edited, self.gate.params))
+
+
 class ThresholdJudge:
-    """A gate built from any mask function and an IoU threshold, with the rejection reasons of the
-    design: nothing found in the original (IoU would be meaningless), the lesion vanished, or the
-    masks overlap too little."""
+    """Any mask function under the gate's rules (mask unreliable, no lesion found, vanished, IoU
+    below the threshold): for reference masks and for tests."""
 
     def __init__(
         self, mask_function: MaskFunction, threshold: float = 0.67, name: str = ""
     ) -> None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"the IoU threshold must lie in [0, 1], got {threshold}")
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"the IoU threshold must lie in (0, 1], got {threshold}")
         self._mask = mask_function
+        self._params = LesionGateParams(method=GateMethod.SYNTHESIS_FREE, iou_threshold=threshold)
         self.threshold = threshold
         label = name or getattr(mask_function, "__name__", type(mask_function).__name__)
         self.description = f"{label}, IoU >= {threshold:g}"
 
-    def mask(self, image: np.ndarray) -> np.ndarray:
+    def mask(self, image: np.ndarray, seed: int) -> np.ndarray:
         return np.asarray(self._mask(image), dtype=bool)
 
     def judge(self, mask_original: np.ndarray, mask_edited: np.ndarray) -> Verdict:
-        value = iou(mask_original, mask_edited)
-        if not mask_original.any():
-            return Verdict(REJECT, "no_lesion_in_original", value)
-        if not mask_edited.any():
-            return Verdict(REJECT, "lesion_vanished", value)
-        if value < self.threshold:
-            return Verdict(REJECT, "iou_below_threshold", value)
-        return Verdict(PASS, None, value)
+        return _verdict(decide(mask_original, mask_edited, self._params))
 
 
 def otsu_redness_mask(image: np.ndarray) -> np.ndarray:
     """The naive lesion finder of ``shared/data/lesions/ASTAR_BASELINE.txt``: CIELAB a* above its
     Otsu threshold, on a copy of at most 512 px, scaled back with nearest neighbour.
 
-    A reference point, not the gate: it is what a mask must beat, and it lets the evaluation be run
-    (and its expert-mask figures be checked against that file) without a model for healthy twins.
+    A reference point, not the gate: the floor a mask must beat, and a check of the evaluation's
+    expert-mask figures against that file.
     """
     small = fit_long_side(image, 512)
     a = color.rgb2lab(small)[..., 1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,14 +111,16 @@ class EvaluationResult:
     images: list[ImageRecord]
     #: Per method name: figure name -> value (every figure the report prints).
     summary: dict[str, dict[str, float]]
-    #: Per method name: rejection reason -> count.
+    #: Per method name: rejection reason (or error type) -> count.
     rejections: dict[str, dict[str, int]]
+    #: Per method name: reason a passed image was flagged with (e.g. no_lesion_found) -> count.
+    flags: dict[str, dict[str, int]]
     #: Figures of the run as a whole (mask method vs expert, counts).
     overall: dict[str, float]
     examples: list[ExamplePanel]
     judge: str
     #: The gate's IoU threshold, when the judge has one (drawn on the trade-off plot).
-    gate_threshold: float | None
+    gate_threshold: float
     settings: EvaluationSettings
 
     def records(self, method: str) -> list[ImageRecord]:
@@ -159,7 +161,7 @@ def evaluate(
         image = check_rgb(photo.image, f"photograph {photo.id}")
         expert = _expert_mask(photo, image.shape[:2])
         start = time.perf_counter()
-        mask_o = judge.mask(image)
+        mask_o = judge.mask(image, photo.seed)
         mask_seconds = time.perf_counter() - start
         _check_mask(mask_o, image.shape[:2], photo.id)
         small_o = WorkingCopy.of(image, settings.working_side)
@@ -214,24 +216,29 @@ def evaluate(
 
     summary = {}
     rejections = {}
+    flags = {}
     for method in methods:
         records = [r for r in image_records if r.method == method.name]
         summary[method.name] = _summarise(records, len(originals))
-        rejections[method.name] = dict(
-            sorted(Counter(r.reason for r in records if r.reason is not None).items())
-        )
+        rejections[method.name] = _count(r.reason for r in records if r.outcome != PASS)
+        flags[method.name] = _count(r.reason for r in records if r.outcome == PASS)
     return EvaluationResult(
         methods=list(methods),
         photos=photo_records,
         images=image_records,
         summary=summary,
         rejections=rejections,
+        flags=flags,
         overall=_overall(photo_records),
         examples=examples,
         judge=judge.description,
-        gate_threshold=getattr(judge, "threshold", None),
+        gate_threshold=judge.threshold,
         settings=settings,
     )
+
+
+def _count(reasons: Iterable[str | None]) -> dict[str, int]:
+    return dict(sorted(Counter(r for r in reasons if r is not None).items()))
 
 
 def _expert_mask(photo: Photo, shape: tuple[int, int]) -> np.ndarray | None:
@@ -268,7 +275,7 @@ def _apply(
         )
     edited = out[0]
     start = time.perf_counter()
-    mask_e = judge.mask(edited)
+    mask_e = judge.mask(edited, photo.seed)
     _check_mask(mask_e, image.shape[:2], photo.id)
     verdict: Verdict = judge.judge(mask_o, mask_e)
     gate_seconds = time.perf_counter() - start

@@ -23,6 +23,11 @@ from deid_core.keys import ProjectKey
 from gateway.commands import err, out
 from gateway.config import load_config
 
+#: Defaults of the healthy-twin edit (deid_core.lesion.synthesis; repeated here so that the
+#: command line starts without importing the lesion package).
+DEFAULT_LESION_PROMPT = "a clinical photograph of skin with a red inflamed lesion"
+DEFAULT_HEALTHY_PROMPT = "a clinical photograph of healthy normal skin"
+
 if TYPE_CHECKING:
     from deid_core.evaluation import EvaluationResult, LesionJudge, Method
     from gateway.config import GatewayConfig
@@ -78,20 +83,34 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def _load_model(model_dir: Path, device: str, threads: int | None) -> Any:
+    """The local model directory, loaded once for the edit and (method twin) the healthy twins."""
+    from deid_core.model_dir import verify_model_dir
+    from gateway.commands.model import offline_ml_environment
+
+    verify_model_dir(model_dir)  # a missing file is reported before a minute of imports
+    offline_ml_environment()
+    import torch
+
+    from deid_core.models import load_model
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model(model_dir, device=device)
+
+
 def _flowedit_method(
+    model: Any,
     model_dir: Path,
     source_prompt: str | None,
     target_prompt: str | None,
     overrides: dict[str, Any],
-    device: str,
 ) -> tuple[Method, dict[str, Any]]:
     """The route's de-identifying edit as a method of the comparison."""
     from deid_core.evaluation import DEIDENTIFICATION, Method
-    from gateway.commands.model import offline_ml_environment
-
-    offline_ml_environment()
     from deid_core.flowedit import FlowEditor, FlowEditParams
-    from deid_core.models import load_model
 
     if not source_prompt or not target_prompt:
         raise ConfigError("--model needs --source-prompt and --target-prompt")
@@ -102,15 +121,14 @@ def _flowedit_method(
             f"--flowedit: unknown parameter(s) {', '.join(unknown)} "
             f"(known: {', '.join(sorted(known))})"
         )
-    model = load_model(model_dir, device=device)
     params = FlowEditParams.defaults_for(model.family, **overrides)
     editor = FlowEditor(model, params, source_prompt, target_prompt)
-    editor.release_text_encoders()
     identity = {
         "identity": model.identity(),
         "family": model.family,
         "is_test_model": bool(model.is_test_model),
         "directory": str(model_dir),
+        "device": str(model.device) if hasattr(model, "device") else None,
     }
     method = Method(
         name="flowedit",
@@ -121,20 +139,49 @@ def _flowedit_method(
             "source_prompt": source_prompt,
             "target_prompt": target_prompt,
             "flowedit": dataclasses.asdict(params),
-            "device": device,
         },
         test_model=bool(model.is_test_model),
     )
     return method, identity
 
 
-def _judge(kind: str, threshold: float) -> LesionJudge:
-    from deid_core.evaluation import ThresholdJudge
+#: The gate's ways of finding the lesion, as `--mask` names them.
+MASKS = ("synthesis-free", "twin", "otsu-a")
+
+
+def _judge(
+    kind: str,
+    threshold: float,
+    model: Any,
+    twin_size: int,
+    lesion_prompt: str,
+    healthy_prompt: str,
+) -> LesionJudge:
+    """The gate every method is judged by: the route's lesion gate (synthesis-free, or twin masks
+    from healthy twins made by FlowEdit on the same model), or the naive a*/Otsu reference."""
+    from deid_core.evaluation import GateJudge, ThresholdJudge
     from deid_core.evaluation.judge import otsu_redness_mask
+    from deid_core.lesion import GateMethod, LesionGate, LesionGateParams
 
     if kind == "otsu-a":
-        return ThresholdJudge(otsu_redness_mask, threshold, name="a* above Otsu threshold")
-    raise ConfigError(f"--mask {kind!r}: expected otsu-a")
+        return ThresholdJudge(otsu_redness_mask, threshold, name="reference mask: a* above Otsu")
+    if kind == "synthesis-free":
+        params = LesionGateParams(method=GateMethod.SYNTHESIS_FREE, iou_threshold=threshold)
+        return GateJudge(LesionGate(params))
+    if kind == "twin":
+        if model is None:
+            raise ConfigError("--mask twin needs --model (the healthy twins are FlowEdit edits)")
+        from deid_core.lesion import flowedit_twins
+
+        generator = flowedit_twins(model, lesion_prompt, healthy_prompt, twin_size)
+        params = LesionGateParams(
+            method=GateMethod.TWIN, iou_threshold=threshold, twin_long_side=twin_size
+        )
+        note = (
+            "healthy twins by a TEST MODEL: this mask means nothing" if model.is_test_model else ""
+        )
+        return GateJudge(LesionGate(params, generator), note)
+    raise ConfigError(f"--mask {kind!r}: expected one of {', '.join(MASKS)}")
 
 
 def _check_route(cfg: GatewayConfig, config: Path, route: str, model: Path | None) -> None:
@@ -199,7 +246,9 @@ def evaluate_command(
         list[str] | None,
         typer.Option("--flowedit", help="FlowEdit parameter KEY=VALUE (repeatable), e.g. n_max=24"),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="torch device for the model")] = "cpu",
+    device: Annotated[
+        str, typer.Option("--device", help="torch device for the model: cpu, cuda or auto")
+    ] = "auto",
     threads: Annotated[
         int | None,
         typer.Option("--threads", help="CPU threads for torch (1 is fastest on a busy machine)"),
@@ -212,10 +261,26 @@ def evaluate_command(
             "'' for none",
         ),
     ] = DEFAULT_BASELINES,
-    mask: Annotated[str, typer.Option("--mask", help="lesion mask of the gate: otsu-a")] = "otsu-a",
+    mask: Annotated[
+        str,
+        typer.Option(
+            "--mask",
+            help="how the gate finds the lesion: synthesis-free, twin (healthy twins by FlowEdit "
+            "on --model) or otsu-a (the naive a* reference)",
+        ),
+    ] = "synthesis-free",
     gate_threshold: Annotated[
         float, typer.Option("--gate-threshold", help="lesion IoU the gate requires")
     ] = 0.67,
+    twin_size: Annotated[
+        int, typer.Option("--twin-size", help="longer side of the healthy twins (--mask twin)")
+    ] = 512,
+    lesion_prompt: Annotated[
+        str, typer.Option("--lesion-prompt", help="source prompt of the healthy-twin edit")
+    ] = DEFAULT_LESION_PROMPT,
+    healthy_prompt: Annotated[
+        str, typer.Option("--healthy-prompt", help="target prompt of the healthy-twin edit")
+    ] = DEFAULT_HEALTHY_PROMPT,
     max_side: Annotated[
         int | None,
         typer.Option("--max-side", help="scale photographs down to this long side on reading"),
@@ -256,8 +321,10 @@ def evaluate_command(
         raise ConfigError("--max-side must be at least 64")
     if limit is not None and limit < 2:
         raise ConfigError("--limit must be at least 2 (linkage needs photographs to confuse)")
-    if not 0 <= gate_threshold <= 1:
-        raise ConfigError("--gate-threshold must lie in [0, 1]")
+    if not 0 < gate_threshold <= 1:
+        raise ConfigError("--gate-threshold must lie in (0, 1]")
+    if twin_size < 64:
+        raise ConfigError("--twin-size must be at least 64")
     if threads is not None and threads < 1:
         raise ConfigError("--threads must be at least 1")
     _check_report_dir(report)
@@ -286,18 +353,14 @@ def evaluate_command(
             raise ConfigError(f"--baselines: {exc}") from None
     models: dict[str, dict[str, Any]] = {}
     overrides = _parse_overrides(flowedit or [])
-    if model is not None:
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-        method, identity = _flowedit_method(model, source_prompt, target_prompt, overrides, device)
-        methods.append(method)
-        models[method.name] = identity
-    elif overrides or source_prompt or target_prompt:
+    if model is None and (overrides or source_prompt or target_prompt):
         raise ConfigError("--source-prompt, --target-prompt and --flowedit need --model")
-    if not methods:
+    if model is None and not methods:
         raise ConfigError("nothing to evaluate: give --model or at least one baseline")
+    if mask not in MASKS:
+        raise ConfigError(f"--mask {mask!r}: expected one of {', '.join(MASKS)}")
+    if mask == "twin" and model is None:
+        raise ConfigError("--mask twin needs --model (the healthy twins are FlowEdit edits)")
 
     folder = PhotoFolder(photos, masks, max_side=max_side, key=project_key, limit=limit)
     if len(folder) < 2:
@@ -306,7 +369,16 @@ def evaluate_command(
         )
     for relative in folder.unreadable:
         err.print(f"[yellow]left out (unreadable, or not an 8-bit photograph):[/] {relative}")
-    judge = _judge(mask, gate_threshold)
+
+    loaded = _load_model(model, device, threads) if model is not None else None
+    if loaded is not None and model is not None:
+        method, identity = _flowedit_method(loaded, model, source_prompt, target_prompt, overrides)
+        methods.append(method)
+        models[method.name] = identity
+    judge = _judge(mask, gate_threshold, loaded, twin_size, lesion_prompt, healthy_prompt)
+    if loaded is not None:
+        loaded.release_text_encoders()  # every editor of the model exists by now
+
     settings = EvaluationSettings(working_side=working_side, examples=examples)
 
     err.print(
@@ -359,7 +431,20 @@ def evaluate_command(
             "config_file": str(config) if config is not None else None,
             "route": route,
             "methods": [{"name": m.name, "kind": m.kind, **m.params} for m in methods],
-            "gate": {"mask": mask, "threshold": gate_threshold, "description": judge.description},
+            "gate": {
+                "mask": mask,
+                "threshold": gate_threshold,
+                "description": judge.description,
+                **(
+                    {
+                        "twin_size": twin_size,
+                        "lesion_prompt": lesion_prompt,
+                        "healthy_prompt": healthy_prompt,
+                    }
+                    if mask == "twin"
+                    else {}
+                ),
+            },
             "max_side": max_side,
             "threads": threads,
             "working_side": working_side,

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.evaluation_report import FILES
 from tests.conftest import run_cli
-from tests.support.skin import write_photo_folder
+from tests.support.evaluation_photos import write_photo_folder
 
 
 def test_baselines_on_a_folder_with_expert_masks(tmp_path: Path, key_file: Path) -> None:
@@ -64,8 +64,9 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, args: list[str], message: st
 
 @pytest.mark.slow
 def test_the_whole_run_with_the_tiny_model(tmp_path: Path) -> None:
-    """The route's edit (FlowEdit on the tiny test model) next to a baseline; the report must say
-    which model made the figures and that they mean nothing clinically."""
+    """The route's photograph path (FlowEdit on the tiny test model, judged by the twin-mask gate
+    on the same model) next to a baseline; the report must say which model made the figures and
+    that they mean nothing clinically."""
     models = pytest.importorskip("deid_core.models", reason="FlowEdit (issue 4) is not merged yet")
     model_dir = models.build_tiny_model(tmp_path / "tiny")
     photos, masks = write_photo_folder(tmp_path, 4, size=(64, 80))
@@ -76,7 +77,7 @@ def test_the_whole_run_with_the_tiny_model(tmp_path: Path) -> None:
             "--model", str(model_dir), "--source-prompt", "a photo of skin",
             "--target-prompt", "a photo of someone else's skin",
             "--flowedit", "num_steps=8", "--flowedit", "n_max=6", "--baselines", "none",
-            "--examples", "1", "--threads", "1",
+            "--examples", "1", "--threads", "1", "--mask", "twin", "--twin-size", "64",
         ]
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -93,5 +94,7 @@ def test_the_whole_run_with_the_tiny_model(tmp_path: Path) -> None:
     assert 0.0 <= figures["reid_top1"] <= 1.0 and figures["chance_top1"] == 0.25
     assert figures["seconds_per_image"] > 0
     assert figures["images"] == 4 and figures["errors"] == 0
+    assert doc["gate"]["description"].startswith("lesion gate (twin)")
+    assert "TEST MODEL" in doc["gate"]["description"]
     page = (report / "index.html").read_text()
     assert 'id="test-model-warning"' in page and identity["identity"] in page

@@ -14,8 +14,12 @@ from gateway.config import parse_config
 from gateway.evaluation_report import FILES
 
 
-def test_default_baselines_are_the_engines() -> None:
+def test_defaults_repeated_for_a_fast_start_match_the_engines() -> None:
+    from deid_core.lesion import DEFAULT_HEALTHY_PROMPT, DEFAULT_LESION_PROMPT
+
     assert ",".join(DEFAULT_BASELINES) == evaluate_command.DEFAULT_BASELINES
+    assert evaluate_command.DEFAULT_LESION_PROMPT == DEFAULT_LESION_PROMPT
+    assert evaluate_command.DEFAULT_HEALTHY_PROMPT == DEFAULT_HEALTHY_PROMPT
 
 
 def test_report_folder_rules(tmp_path: Path) -> None:

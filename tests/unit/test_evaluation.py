@@ -23,7 +23,7 @@ from deid_core.evaluation import (
     baseline,
     evaluate,
 )
-from tests.support.skin import random_images, redness_mask, skin_photo
+from tests.support.evaluation_photos import random_images, redness_mask, skin_photo
 
 N = 12
 
@@ -85,7 +85,7 @@ def test_heavy_blur_keeps_little_lesion_fidelity(result: EvaluationResult) -> No
     assert heavy["iou_stability_median"] < light["iou_stability_median"]
     assert heavy["iou_stability_median"] < 1.0
     assert heavy["gate_pass_rate"] < 1.0
-    assert result.rejections["blur 10%"].get("iou_below_threshold", 0) > 0
+    assert result.rejections["blur 10%"].get("lesion_iou_below_threshold", 0) > 0
 
 
 def test_unrelated_images_link_near_chance(result: EvaluationResult) -> None:

@@ -11,9 +11,11 @@ import pytest
 from deid_core.evaluation import (
     PASS,
     REJECT,
+    GateJudge,
     GaussianBlur,
     Pixelation,
     ThresholdJudge,
+    Verdict,
     baseline,
     fit_long_side,
     iou,
@@ -26,7 +28,8 @@ from deid_core.evaluation.linkage import (
     similarity_matrices,
     wilson_interval,
 )
-from tests.support.skin import redness_mask, skin_photo
+from deid_core.lesion import GateMethod, LesionGate, LesionGateParams
+from tests.support.evaluation_photos import redness_mask, skin_photo
 
 
 def test_rank_counts_ties_as_a_random_order() -> None:
@@ -81,21 +84,61 @@ def test_a_flat_image_has_no_keypoints_and_no_error() -> None:
     assert np.isfinite(d.glcm).all() and d.colour.sum() == pytest.approx(1.0)
 
 
-def test_judge_reasons() -> None:
+def test_judge_follows_the_gate_rules() -> None:
     judge = ThresholdJudge(redness_mask, threshold=0.5)
     lesion = np.zeros((10, 10), bool)
     lesion[2:6, 2:6] = True
     nothing = np.zeros_like(lesion)
     moved = np.roll(lesion, 3, axis=1)
-    assert judge.judge(lesion, lesion).outcome == PASS
-    assert judge.judge(nothing, nothing).reason == "no_lesion_in_original"
-    assert judge.judge(nothing, nothing).outcome == REJECT
+    assert judge.judge(lesion, lesion) == Verdict(PASS, None, 1.0)
+    found_nothing = judge.judge(nothing, nothing)  # forwarded, but flagged; IoU undefined
+    assert found_nothing.outcome == PASS and found_nothing.reason == "no_lesion_found"
+    assert math.isnan(found_nothing.iou)
     assert judge.judge(lesion, nothing).reason == "lesion_vanished"
     verdict = judge.judge(lesion, moved)
-    assert verdict.reason == "iou_below_threshold" and verdict.iou == pytest.approx(4 / 28)
+    assert verdict.outcome == REJECT and verdict.reason == "lesion_iou_below_threshold"
+    assert verdict.iou == pytest.approx(4 / 28)
+    everything = np.ones_like(lesion)
+    assert judge.judge(lesion, everything).reason == "lesion_mask_unreliable"
     assert "IoU >= 0.5" in judge.description
-    with pytest.raises(ValueError):
-        ThresholdJudge(redness_mask, threshold=1.5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError):
+            ThresholdJudge(redness_mask, threshold=bad)
+
+
+def _gate_photos() -> tuple[np.ndarray, list[np.ndarray]]:
+    from tests.support import skin
+
+    truth = skin.blob((96, 112), 48, 56, 18)
+    original = skin.skin_photo(truth, tone="III", noise=2.0, seed=1)
+    moved = skin.skin_photo(np.roll(truth, 14, axis=1), tone="III", noise=2.0, seed=2)
+    healed = skin.skin_photo(np.zeros_like(truth), tone="III", noise=2.0, seed=3)
+    return original, [original.copy(), moved, healed]
+
+
+@pytest.mark.parametrize("method", ["synthesis_free", "twin"])
+def test_gate_judge_decides_as_the_lesion_gate_does(method: str) -> None:
+    """Masks one image at a time (the original's once per photograph), same verdicts as the
+    route's gate checking the pair."""
+    from tests.support.skin import red_stub_twin
+
+    params = LesionGateParams(method=GateMethod(method), iou_threshold=0.67)
+    gate = LesionGate(params, red_stub_twin if method == "twin" else None)
+    judge = GateJudge(gate)
+    assert judge.threshold == 0.67 and method in judge.description
+    original, candidates = _gate_photos()
+    mask_o = judge.mask(original, seed=5)
+    outcomes = []
+    for candidate in candidates:
+        verdict = judge.judge(mask_o, judge.mask(candidate, seed=5))
+        expected = gate.check(original, candidate, seed=5)
+        assert verdict.outcome == (PASS if expected.accepted else REJECT)
+        assert verdict.reason == (None if expected.outcome.value == "accepted" else expected.reason)
+        assert verdict.iou == pytest.approx(expected.iou if expected.iou is not None else math.nan,
+                                            nan_ok=True)  # fmt: skip
+        outcomes.append(verdict.reason)
+    assert outcomes[0] is None  # the same picture passes
+    assert outcomes[2] == "lesion_vanished"
 
 
 def test_iou() -> None:

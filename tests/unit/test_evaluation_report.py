@@ -24,7 +24,7 @@ from deid_core.evaluation import (
     evaluate,
 )
 from gateway.evaluation_report import FILES, TEST_MODEL_WARNING, RunInfo, write_report
-from tests.support.skin import random_images, redness_mask, skin_photo
+from tests.support.evaluation_photos import random_images, redness_mask, skin_photo
 
 IDENTIFYING_NAME = "DOE^JOHN_1970-01-01.png"
 

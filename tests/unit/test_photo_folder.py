@@ -11,7 +11,7 @@ from PIL import Image
 from deid_core.errors import InvalidInputError
 from deid_core.keys import ProjectKey
 from gateway.photo_folder import PhotoFolder
-from tests.support.skin import skin_photo, write_photo_folder
+from tests.support.evaluation_photos import skin_photo, write_photo_folder
 
 
 def test_photographs_and_masks_are_paired_by_name(tmp_path: Path) -> None:
