@@ -127,7 +127,7 @@ class EvaluationResult:
         return [r for r in self.images if r.method == method]
 
 
-#: Called once per (photograph, method) pair done, with a short description of what is running.
+#: Called once per (photograph, method) pair done, with a short description of what was done.
 Progress = Callable[[str], None]
 
 
@@ -192,11 +192,11 @@ def evaluate(
             examples.append(panel)
 
         for method in methods:
-            report(f"{method.name} ({index + 1}/{len(photos)})")
             record, edited, mask_e = _apply(method, photo, image, mask_o, judge)
             image_records.append(record)
             if edited is None or mask_e is None:
                 edited_desc[method.name].append(None)
+                report(f"{method.name} ({index + 1}/{len(photos)})")
                 continue
             if expert is not None:
                 record.expert_iou = iou(mask_e, expert)
@@ -210,6 +210,7 @@ def evaluate(
             if panel is not None:
                 panel.edited[method.name] = small_e.rgb
                 panel.mask_edited[method.name] = resize_mask(mask_e, small_e.shape)
+            report(f"{method.name} ({index + 1}/{len(photos)})")
 
     for method in methods:
         _link(method.name, originals, edited_desc[method.name], image_records, settings.attack)

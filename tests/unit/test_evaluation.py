@@ -190,3 +190,15 @@ def test_a_single_photograph_has_no_linkage_figure() -> None:
     res = evaluate(photos(1), [baseline("none")], ThresholdJudge(redness_mask))
     assert math.isnan(res.summary["none"]["reid_top1"])
     assert res.summary["none"]["iou_stability_median"] == 1.0
+
+
+def test_progress_is_reported_once_per_pair_done() -> None:
+    seen: list[str] = []
+    evaluate(
+        photos(2),
+        [baseline("none"), Method("flaky", DEIDENTIFICATION, failing_on_second)],
+        ThresholdJudge(redness_mask),
+        EvaluationSettings(examples=0),
+        progress=seen.append,
+    )
+    assert seen == ["none (1/2)", "flaky (1/2)", "none (2/2)", "flaky (2/2)"]
