@@ -17,6 +17,7 @@ from gateway.commands import err
 
 COMMAND_MODULES = [
     "gateway.commands.config",
+    "gateway.commands.deidentify",
     "gateway.commands.serve",
     "gateway.commands.review",
     "gateway.commands.model",

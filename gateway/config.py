@@ -80,6 +80,10 @@ class ProjectConfig(StrictModel):
     sponsor_name: str | None = None
     protocol_id: str | None = None
     protocol_name: str | None = None
+    #: The pseudonymous patient ID (= Clinical Trial Subject ID) is this prefix + 16 hex digits.
+    subject_id_prefix: str = Field(default="SUBJ-", pattern=r"^[A-Za-z0-9_.-]{0,16}$")
+    #: Retain Longitudinal Modified Dates shifts each patient's dates back by 1..N days.
+    max_date_shift_days: int = Field(default=3652, ge=1, le=36500)
 
 
 class SiteConfig(StrictModel):
@@ -105,6 +109,9 @@ class ProfileConfig(StrictModel):
 
     options: list[ProfileOption] = Field(default_factory=list)
     safe_private: list[SafePrivateRule] = Field(default_factory=list)
+    #: Under retain_safe_private, also keep the shipped list of numeric vendor parameters
+    #: (deid_core.private.DEFAULT_SAFE_PRIVATE) besides the rules above.
+    default_safe_private: bool = True
 
     @field_validator("options")
     @classmethod

@@ -9,7 +9,6 @@ processed again on start; the result is the same because pseudonyms are keyed an
 
 from __future__ import annotations
 
-import copy
 import io
 import threading
 import time
@@ -23,6 +22,7 @@ from pydicom import Dataset
 
 from deid_core.errors import InvalidInputError, PermanentError
 from deid_core.keys import ProjectKey
+from dicom_io.files import encode_dataset
 from gateway.config import GatewayConfig
 from gateway.events import (
     EventBus,
@@ -60,68 +60,15 @@ DeidentifierFactory = Callable[[GatewayConfig, str, ProjectKey], Deidentifier]
 
 
 def default_deidentifier_factory() -> DeidentifierFactory:
-    """The metadata de-identification of issue 2 (`gateway.profiles.build_deidentifier`).
+    """The metadata de-identification of the confidentiality profile (`gateway.profiles`)."""
+    from gateway.profiles import build_deidentifier
 
-    This is the single place the pipeline obtains a de-identifier; until the real one is on the
-    main branch a minimal stand-in is used and says so in the log."""
-    try:
-        from gateway.profiles import build_deidentifier
-    except ImportError:
-        LOG.warning("deidentifier_stand_in", detail="gateway.profiles not available yet")
-        return _StandInDeidentifier.build
     factory: DeidentifierFactory = build_deidentifier
     return factory
 
 
-class _StandInDeidentifier:
-    """TEMPORARY stand-in until gateway.profiles lands (issue 2): replaces UIDs with keyed 2.25
-    UIDs and blanks the patient's name and ID. Not a confidentiality profile; delete it then."""
-
-    _UID_KEYWORDS = (
-        "StudyInstanceUID",
-        "SeriesInstanceUID",
-        "SOPInstanceUID",
-        "FrameOfReferenceUID",
-    )
-
-    def __init__(self, key: ProjectKey) -> None:
-        self.key = key
-
-    @classmethod
-    def build(cls, cfg: GatewayConfig, profile: str, key: ProjectKey) -> _StandInDeidentifier:
-        return cls(key)
-
-    def _uid(self, uid: str) -> str:
-        digest = self.key.hmac("uid", uid.encode("ascii", "replace"))
-        return "2.25." + str(int.from_bytes(digest[:16], "big"))
-
-    def deidentify(self, ds: Dataset) -> Dataset:
-        if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
-            raise InvalidInputError("the data set lacks SOP or Study Instance UID")
-        out = copy.deepcopy(ds)
-        for keyword in self._UID_KEYWORDS:
-            if keyword in out:
-                setattr(out, keyword, self._uid(str(out[keyword].value)))
-        pid = self.key.hmac("patient", str(ds.get("PatientID", "")).encode()).hex()[:12]
-        out.PatientName = "ANON^" + pid
-        out.PatientID = pid
-        out.PatientIdentityRemoved = "YES"
-        out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
-        for keyword in (
-            "SourceApplicationEntityTitle",
-            "SendingApplicationEntityTitle",
-            "ReceivingApplicationEntityTitle",
-            "SendingPresentationAddress",
-        ):
-            if keyword in out.file_meta:
-                delattr(out.file_meta, keyword)
-        return out
-
-
 def _encode(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return encode_dataset(ds)
 
 
 @dataclass

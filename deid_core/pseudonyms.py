@@ -1,0 +1,98 @@
+"""Keyed, deterministic pseudonyms: HMAC-SHA256 under the project key, no shared database.
+
+The same input gives the same pseudonym on any machine that holds the key, so a UID referenced
+from another instance (Referenced SOP Instance UID, Study Instance UID, Frame of Reference UID...)
+maps to the same new UID in every file, and a re-sent instance gets the same output. Each kind of
+value has
+its own HMAC domain: a patient ID and a UID with the same text never give related outputs. Without
+the key nothing can be reversed or linked across projects.
+"""
+
+from __future__ import annotations
+
+import re
+
+from deid_core.keys import ProjectKey
+
+#: Characters allowed in the pseudonymous patient ID prefix (kept valid for LO and PN).
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,16}$")
+
+
+def _norm(value: str) -> bytes:
+    """UIDs and IDs are compared without DICOM padding (trailing NUL or space)."""
+    return value.strip(" \x00").encode("utf-8", errors="surrogateescape")
+
+
+class Pseudonymizer:
+    """Every pseudonym the de-identifier writes. Pure functions of the key and the input."""
+
+    def __init__(
+        self, key: ProjectKey, patient_id_prefix: str = "SUBJ-", max_shift_days: int = 3652
+    ) -> None:
+        if not _PREFIX.match(patient_id_prefix):
+            raise ValueError(
+                "the patient ID prefix must be up to 16 letters, digits, '_', '.', '-'"
+            )
+        if max_shift_days < 1:
+            raise ValueError("max_shift_days must be at least 1")
+        self._key = key
+        self.patient_id_prefix = patient_id_prefix
+        self.max_shift_days = max_shift_days
+        # Memo of UID pseudonyms: a study repeats the same few UIDs in every instance.
+        self._uids: dict[str, str] = {}
+
+    @property
+    def key_fingerprint(self) -> str:
+        return self._key.fingerprint()
+
+    def _uid(self, domain: str, original: str) -> str:
+        digest = self._key.hmac(domain, _norm(original))
+        # 2.25 root: a UUID-sized integer (128 bits). At most 5 + 39 = 44 characters.
+        return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+    def uid(self, original_uid: str) -> str:
+        """The pseudonym of a UID, identical wherever the UID appears; "" stays ""."""
+        cached = self._uids.get(original_uid)
+        if cached is not None:
+            return cached
+        norm = original_uid.strip(" \x00")
+        new = self._uid("uid", norm) if norm else ""
+        if len(self._uids) < 100_000:
+            self._uids[original_uid] = new
+        return new
+
+    def derived_uid(self, original_uid: str, purpose: str) -> str:
+        """A new UID for something made from the original (e.g. the SOP Instance UID of an edited
+        photograph, purpose "flowedit"): stable for a retry, unrelated to `uid(original)`."""
+        if not purpose:
+            raise ValueError("derived_uid needs a purpose")
+        return self._uid("derived-uid:" + purpose, original_uid)
+
+    def _tag(self, domain: str, value: str, length: int) -> str:
+        return self._key.hmac(domain, _norm(value)).hex()[:length].upper()
+
+    def patient_id(self, pid: str) -> str:
+        """Pseudonymous patient ID (also the Clinical Trial Subject ID): prefix + 16 hex digits."""
+        return self.patient_id_prefix + self._tag("patient-id", pid, 16)
+
+    def patient_name(self, patient_id: str, patient_name: str = "") -> str:
+        """Pseudonymous patient name, as a PN family name equal to the pseudonymous patient ID, so
+        that name and ID agree. Keyed on the patient ID; on the name only where there is no ID."""
+        if patient_id.strip(" \x00"):
+            return self.patient_id(patient_id)
+        if patient_name.strip(" \x00"):
+            return self.patient_id_prefix + self._tag("patient-name", patient_name, 16)
+        return self.patient_id("")
+
+    def date_shift_days(self, patient_id: str) -> int:
+        """Per-patient shift in days, in [-max_shift_days, -1]: all dates of one patient move by the
+        same amount, so intervals between them survive (Retain Longitudinal Modified Dates)."""
+        digest = self._key.hmac("date-shift", _norm(patient_id))
+        return -(1 + int.from_bytes(digest[:8], "big") % self.max_shift_days)
+
+    def study_key(self, study_uid: str) -> str:
+        """A short, non-reversible key of an original study for logs and grouping (16 hex)."""
+        return self._key.hmac("study-key", _norm(study_uid)).hex()[:16]
+
+
+__all__ = ["Pseudonymizer"]
