@@ -11,6 +11,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from deid_core.errors import (
+    ConfigError,
     DeidGatewayError,
     InvalidInputError,
     PermanentError,
@@ -20,17 +21,37 @@ from deid_core.keys import MIN_KEY_LENGTH, ProjectKey
 from deid_core.options import ProfileOption
 
 if TYPE_CHECKING:
+    from deid_core.api import (
+        check_lesion,
+        deidentify_dataset,
+        deidentify_file,
+        flowedit_images,
+    )
     from deid_core.deidentify import (
         AttributeDecision,
         ClinicalTrialSubject,
         Deidentifier,
         record_method,
     )
+    from deid_core.flowedit import FlowEditParams
+    from deid_core.lesion.gate import GateOutcome, GateResult, LesionGateParams
+    from deid_core.models import RectifiedFlowModel, build_tiny_model, load_model
     from deid_core.private import DEFAULT_SAFE_PRIVATE, SafePrivateElement
     from deid_core.profile import ConfidentialityProfile
     from deid_core.pseudonyms import Pseudonymizer
 
 _LAZY = {
+    "check_lesion": "deid_core.api",
+    "deidentify_dataset": "deid_core.api",
+    "deidentify_file": "deid_core.api",
+    "flowedit_images": "deid_core.api",
+    "FlowEditParams": "deid_core.flowedit",
+    "GateOutcome": "deid_core.lesion.gate",
+    "GateResult": "deid_core.lesion.gate",
+    "LesionGateParams": "deid_core.lesion.gate",
+    "RectifiedFlowModel": "deid_core.models",
+    "build_tiny_model": "deid_core.models",
+    "load_model": "deid_core.models",
     "AttributeDecision": "deid_core.deidentify",
     "ClinicalTrialSubject": "deid_core.deidentify",
     "Deidentifier": "deid_core.deidentify",
@@ -55,14 +76,26 @@ __all__ = [
     "AttributeDecision",
     "ClinicalTrialSubject",
     "ConfidentialityProfile",
+    "ConfigError",
     "DeidGatewayError",
     "Deidentifier",
+    "FlowEditParams",
+    "GateOutcome",
+    "GateResult",
     "InvalidInputError",
+    "LesionGateParams",
     "PermanentError",
     "ProfileOption",
     "ProjectKey",
     "Pseudonymizer",
+    "RectifiedFlowModel",
     "RetryableError",
     "SafePrivateElement",
+    "build_tiny_model",
+    "check_lesion",
+    "deidentify_dataset",
+    "deidentify_file",
+    "flowedit_images",
+    "load_model",
     "record_method",
 ]

@@ -345,35 +345,12 @@ class StorageSCP:
         if live is None:  # cannot happen for an accepted association
             return STATUS_PROCESSING_FAILURE
         info = live.info
-        request = event.request
-        transfer_syntax = str(event.context.transfer_syntax)
-        dataset = request.DataSet.getvalue()
         try:
-            header = scan_dataset(dataset, transfer_syntax)
+            instance = instance_from_event(event, info, self.policy.ae_title)
         except InvalidInputError as exc:
             LOG.info("refused a malformed data set: %s", exc)
             self._notify(self.sink.refused, info, MALFORMED, STATUS_CANNOT_UNDERSTAND)
             return STATUS_CANNOT_UNDERSTAND
-        sop_class = str(request.AffectedSOPClassUID)
-        sop_instance = str(request.AffectedSOPInstanceUID)
-        meta = encode_file_meta(
-            sop_class,
-            sop_instance,
-            transfer_syntax,
-            source_ae=self.policy.ae_title,
-            sending_ae=info.calling_ae,
-            receiving_ae=info.called_ae,
-            sending_address=f"dicom://{info.peer_host}:{info.peer_port}",
-        )
-        instance = ReceivedInstance(
-            association=info,
-            sop_class_uid=sop_class,
-            sop_instance_uid=sop_instance,
-            transfer_syntax=transfer_syntax,
-            header=header,
-            file_meta=meta,
-            dataset=dataset,
-        )
         try:
             self.sink.store(instance)
         except Exception as exc:
@@ -391,6 +368,76 @@ class StorageSCP:
             fn(*args)
         except Exception:  # observers never decide the protocol answer
             LOG.exception("receive sink notification failed")
+
+
+def instance_from_event(event: Any, info: AssociationInfo, ae_title: str) -> ReceivedInstance:
+    """The instance of a C-STORE request (pynetdicom's EVT_C_STORE), bytes as sent, with File
+    Meta Information recording who sent it to whom. InvalidInputError when the data set is
+    truncated or malformed. `ae_title`: ours (the receiving application)."""
+    request = event.request
+    transfer_syntax = str(event.context.transfer_syntax)
+    dataset = request.DataSet.getvalue()
+    header = scan_dataset(dataset, transfer_syntax)
+    sop_class = str(request.AffectedSOPClassUID)
+    sop_instance = str(request.AffectedSOPInstanceUID)
+    meta = encode_file_meta(
+        sop_class,
+        sop_instance,
+        transfer_syntax,
+        source_ae=ae_title,
+        sending_ae=info.calling_ae,
+        receiving_ae=info.called_ae,
+        sending_address=f"dicom://{info.peer_host}:{info.peer_port}",
+    )
+    return ReceivedInstance(
+        association=info,
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        transfer_syntax=transfer_syntax,
+        header=header,
+        file_meta=meta,
+        dataset=dataset,
+    )
+
+
+def instance_from_part10(
+    data: bytes | memoryview,
+    info: AssociationInfo,
+    ae_title: str,
+    sending_address: str,
+) -> ReceivedInstance:
+    """The instance in a Part 10 file received by other means than C-STORE (a STOW-RS part, a
+    file handed over by Orthanc): the data set's bytes as they are, behind File Meta Information
+    of our own that records the sender. InvalidInputError when the file or its data set is
+    malformed, or lacks its SOP Class or SOP Instance UID."""
+    from dicom_io.header import read_file_meta
+
+    meta = read_file_meta(data)
+    transfer_syntax = meta.transfer_syntax
+    dataset = bytes(memoryview(data)[meta.dataset_offset :])
+    header = scan_dataset(dataset, transfer_syntax)
+    sop_class = header.sop_class_uid or meta.values.get("MediaStorageSOPClassUID", "")
+    sop_instance = header.sop_instance_uid or meta.values.get("MediaStorageSOPInstanceUID", "")
+    if not sop_class or not sop_instance:
+        raise InvalidInputError("the data set has no SOP Class UID or SOP Instance UID")
+    file_meta = encode_file_meta(
+        sop_class,
+        sop_instance,
+        transfer_syntax,
+        source_ae=ae_title,
+        sending_ae=info.calling_ae,
+        receiving_ae=info.called_ae,
+        sending_address=sending_address,
+    )
+    return ReceivedInstance(
+        association=info,
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        transfer_syntax=transfer_syntax,
+        header=header,
+        file_meta=file_meta,
+        dataset=dataset,
+    )
 
 
 def caller_rules(entries: Sequence[tuple[str, str | None]]) -> tuple[CallerRule, ...]:

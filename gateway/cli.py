@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "gateway.commands.model",
     "gateway.commands.flowedit",
     "gateway.commands.lesion",
+    "gateway.commands.pull",
+    "gateway.commands.orthanc",
     "gateway.commands.evaluate",
 ]
 

@@ -14,10 +14,20 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from deid_core.errors import ConfigError
 from deid_core.keys import ProjectKey
@@ -236,6 +246,8 @@ class RetryPolicy(StrictModel):
 class DestinationConfig(StrictModel):
     """A DICOM archive the gateway forwards to (C-STORE over one association per batch)."""
 
+    #: Absent means "dimse": existing configurations keep working unchanged.
+    type: Literal["dimse"] = "dimse"
     ae_title: str = Field(min_length=1, max_length=16)
     host: str
     port: int = Field(ge=1, le=65535)
@@ -247,6 +259,176 @@ class DestinationConfig(StrictModel):
     batch_size: int = Field(default=200, ge=1)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class SecretSource(StrictModel):
+    """A secret (token, password) read from a file or an environment variable, never the YAML."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretSource:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of 'file' or 'env'")
+        return self
+
+    def load(self, where: str, environ: Mapping[str, str] | None = None) -> str:
+        """The secret's text (surrounding white space removed); a missing one is a start-up
+        error naming `where` and the file or variable, never the value."""
+        if self.env is not None:
+            value = (os.environ if environ is None else environ).get(self.env, "").strip()
+            if not value:
+                raise ConfigError(f"{where}: environment variable {self.env} is not set or empty")
+            return value
+        assert self.file is not None
+        try:
+            value = self.file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: file {self.file} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(f"{where}: file {self.file} cannot be read: {reason}") from None
+        if not value:
+            raise ConfigError(f"{where}: file {self.file} is empty")
+        return value
+
+
+class BearerAuth(StrictModel):
+    """HTTP bearer token (OAuth 2 access token or a static API token)."""
+
+    type: Literal["bearer"]
+    token: SecretSource
+
+
+class BasicAuth(StrictModel):
+    """HTTP basic authentication: a user name and a password from a file or the environment."""
+
+    type: Literal["basic"]
+    username: str = Field(min_length=1, pattern=r"^[^:\s]+$")
+    password: SecretSource
+
+
+HttpAuth = Annotated[BearerAuth | BasicAuth, Field(discriminator="type")]
+
+
+class HttpTlsConfig(StrictModel):
+    """TLS towards an HTTPS server: the server's certificate is always verified, against this CA
+    bundle when given (a site's own CA), otherwise against the system's trusted CAs."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> HttpTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither")
+        return self
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class DicomwebDestinationConfig(StrictModel):
+    """A DICOMweb archive the gateway forwards to: STOW-RS (PS3.18 10.5), one multipart/related
+    request of `application/dicom` parts per batch, to ``{url}/studies``."""
+
+    type: Literal["dicomweb"]
+    #: The service's base URL, e.g. https://archive.example.org/dicom-web
+    url: str
+    auth: HttpAuth | None = None
+    tls: HttpTlsConfig | None = None
+    #: Plain http:// beyond loopback sends images (and credentials) in clear: only on request.
+    allow_plain_http: bool = False
+    retry: RetryPolicy = RetryPolicy()
+    #: Most instances sent in one request.
+    batch_size: int = Field(default=50, ge=1)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    #: Longest wait for the archive's answer to one request (it stores the whole batch first).
+    timeout_s: float = Field(default=120.0, gt=0)
+    #: Rejected credentials (HTTP 401/403) cannot heal by themselves: after this many attempts a
+    #: copy is dead-lettered with the reason, instead of retrying `retry.max_attempts` times.
+    auth_failure_attempts: int = Field(default=2, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("the base URL takes no query or fragment")
+        if parts.username or parts.password:
+            raise ValueError("credentials go in 'auth', not in the URL")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _plain_http(self) -> DicomwebDestinationConfig:
+        parts = urlsplit(self.url)
+        if parts.scheme == "http":
+            if self.tls is not None:
+                raise ValueError("tls is given but the URL is http://; use https://")
+            if not self.allow_plain_http and not _is_loopback_host(parts.hostname or ""):
+                raise ValueError(
+                    "http:// to another host sends images and credentials in clear: use "
+                    "https://, or set allow_plain_http: true on a closed network"
+                )
+        return self
+
+
+def _destination_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("type", "dimse"))
+    return str(getattr(value, "type", "dimse"))
+
+
+#: A destination of either kind; `type` (default "dimse") says which.
+AnyDestination = Annotated[
+    Annotated[DestinationConfig, Tag("dimse")]
+    | Annotated[DicomwebDestinationConfig, Tag("dicomweb")],
+    Discriminator(
+        _destination_kind,
+        custom_error_type="destination_type",
+        custom_error_message="type must be 'dimse' (the default) or 'dicomweb'",
+    ),
+]
+#: Tags pydantic writes into error locations of a tagged union; removed from the paths we print.
+_UNION_TAGS = frozenset({"dimse", "dicomweb"})
+
+
+class SourceConfig(StrictModel):
+    """A PACS the gateway pulls from (`deid-gateway pull`): C-FIND at study level, then C-MOVE to
+    the gateway's own listener (the PACS must know our AE title, host and port) or C-GET (the
+    instances come back on the query's own association).
+
+    The limits protect a clinical PACS: queries are spaced to `max_queries_per_s`, at most
+    `max_concurrent_retrieves` studies move at once, and each retrieve is followed by
+    `pause_between_studies_s` of rest."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    #: Our calling AE title towards the PACS (default: the node's AE title).
+    calling_ae_title: str | None = Field(default=None, min_length=1, max_length=16)
+    tls: ClientTlsConfig | None = None
+    retrieve: Literal["move", "get"] = "move"
+    #: The AE title the PACS sends C-MOVE results to (default: the node's AE title). The PACS
+    #: must map it to the gateway listener's host and port.
+    move_destination: str | None = Field(default=None, min_length=1, max_length=16)
+    #: C-FIND, C-MOVE and C-GET requests per second, at most.
+    max_queries_per_s: float = Field(default=2.0, gt=0, le=100)
+    max_concurrent_retrieves: int = Field(default=1, ge=1, le=16)
+    pause_between_studies_s: float = Field(default=0.0, ge=0, le=3600)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    #: Longest silence of the PACS within one operation (a C-MOVE answers after each instance).
+    dimse_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class AttributePattern(StrictModel):
@@ -459,6 +641,83 @@ class ReviewConfig(StrictModel):
         return _is_loopback(self.address)
 
 
+class DicomwebInConfig(StrictModel):
+    """An optional STOW-RS endpoint (PS3.18 10.5) on the gateway, for senders that speak only
+    DICOMweb: ``POST /studies`` (or ``/studies/{StudyInstanceUID}``) with multipart/related
+    `application/dicom` parts. Off by default. Success is answered only after every stored
+    instance is in the spool and the journal, as for C-STORE.
+
+    Auth and TLS are required unless the endpoint listens on loopback only."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    #: The service's root: senders POST to ``{base_path}/studies``.
+    base_path: str = Field(default="/dicom-web", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
+    tls: ServerTlsConfig | None = None
+    auth: HttpAuth | None = None
+    #: How the senders appear to routes (`match.calling_ae`) and in the spooled file meta.
+    calling_ae_title: str = Field(default="DICOMWEB", min_length=1, max_length=16)
+    #: Largest request body accepted (it is buffered on the spool's disk while it is parsed).
+    max_request_bytes: int = Field(default=2 << 30, ge=1024)
+    #: Requests handled at once; more wait.
+    max_concurrent_requests: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        return _bind_address(address)
+
+    @model_validator(mode="after")
+    def _secured_beyond_loopback(self) -> DicomwebInConfig:
+        if self.enabled and not _is_loopback(self.address):
+            if self.tls is None:
+                raise ValueError(
+                    "tls (cert_file, key_file) is required when the STOW-RS endpoint listens "
+                    "beyond loopback: identified images would cross the network in clear"
+                )
+            if self.auth is None:
+                raise ValueError(
+                    "auth (bearer or basic) is required when the STOW-RS endpoint listens "
+                    "beyond loopback"
+                )
+        return self
+
+
+class OrthancForwardTarget(StrictModel):
+    """The gateway node an Orthanc plugin in `forward` mode sends stable studies to."""
+
+    ae_title: str | None = Field(default=None, min_length=1, max_length=16)
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class OrthancPluginConfig(StrictModel):
+    """The Orthanc plugin (gateway/integrations/orthanc_plugin.py): what it does with each
+    stable study.
+
+    - ``in_process``: the plugin runs the gateway inside Orthanc (spool, journal, routes,
+      de-identification, forwarders, quarantine from this file; no DICOM listener) and hands it
+      each instance of the study.
+    - ``forward``: Orthanc sends the study (C-STORE, Orthanc's own sender) to a gateway node;
+      `forward_to` defaults to this file's `node` (AE title, host, port).
+    """
+
+    mode: Literal["in_process", "forward"] = "in_process"
+    forward_to: OrthancForwardTarget = OrthancForwardTarget()
+    #: How studies handed over in process appear to routes (`match.calling_ae`).
+    calling_ae_title: str = Field(default="ORTHANC", min_length=1, max_length=16)
+    #: Leave instances alone whose Patient Identity Removed (0012,0062) is YES: among them the
+    #: gateway's own output when a route sends it back into this Orthanc (no loop).
+    skip_deidentified: bool = True
+    #: Which Orthanc instances were already handed over (a small SQLite file).
+    state_file: Path = Path("var/orthanc-plugin.sqlite")
+    #: forward mode: attempts per study before it is given up (logged as an error).
+    max_attempts: int = Field(default=10, ge=1)
+    retry_initial_delay_s: float = Field(default=5.0, ge=0)
+    retry_max_delay_s: float = Field(default=600.0, ge=0)
+
+
 class GatewayConfig(StrictModel):
     """The whole configuration file."""
 
@@ -471,8 +730,12 @@ class GatewayConfig(StrictModel):
     review: ReviewConfig = ReviewConfig()
     node: NodeConfig = NodeConfig()
     storage: StorageConfig = StorageConfig()
-    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    destinations: dict[str, AnyDestination] = Field(default_factory=dict)
     routes: list[RouteConfig] = Field(default_factory=list)
+    #: PACS to pull from (`deid-gateway pull --source NAME`).
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    dicomweb_in: DicomwebInConfig = DicomwebInConfig()
+    orthanc_plugin: OrthancPluginConfig = OrthancPluginConfig()
     #: What happens to an instance no route matches: "quarantine" (the default), or a target.
     default_route: Literal["quarantine"] | RouteTarget = "quarantine"
 
@@ -493,13 +756,27 @@ class GatewayConfig(StrictModel):
             for dest in target.destinations:
                 if dest not in self.destinations:
                     raise ValueError(f"{where}.destinations: no destination named {dest!r}")
+        for name, source in self.sources.items():
+            if source.retrieve == "move" and not self.node.allow_any_caller:
+                callers = {c.ae_title for c in self.node.allowed_callers}
+                if source.ae_title not in callers:
+                    raise ValueError(
+                        f"sources.{name}: the PACS delivers a C-MOVE by associating with our "
+                        f"listener as {source.ae_title!r}; add it to node.allowed_callers "
+                        "(or use retrieve: get)"
+                    )
         return self
+
+    def dimse_destinations(self) -> dict[str, DestinationConfig]:
+        return {n: d for n, d in self.destinations.items() if isinstance(d, DestinationConfig)}
 
     def load_key(self, environ: Mapping[str, str] | None = None) -> ProjectKey:
         return self.project.key.load(environ)
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:
+    if len(loc) > 2 and loc[0] == "destinations" and loc[2] in _UNION_TAGS:
+        loc = loc[:2] + loc[3:]  # the union's tag, not a key of the file
     out = ""
     for part in loc:
         if isinstance(part, int):

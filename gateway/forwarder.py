@@ -1,10 +1,14 @@
-"""The forwarder: sends each destination's outbox, one association per study batch.
+"""The forwarder: sends each destination's outbox, one association (or request) per study batch.
 
 One worker per destination. It takes the due copies of one study (up to `batch_size`), sends them
-over one association, and moves each journal row: sent (the copy is deleted), or rescheduled with
-exponential backoff and jitter, or — after `max_attempts` — dead-lettered to quarantine. When the
-association itself fails (archive down, refusing, TLS), the whole destination waits until the
-batch's next attempt so an outage costs one failed connection per backoff step, not one per study.
+over one association (DIMSE) or in one STOW-RS request (DICOMweb), and moves each journal row:
+sent (the copy is deleted), or rescheduled with exponential backoff and jitter, or — after
+`max_attempts` — dead-lettered to quarantine. When the connection itself fails (archive down,
+refusing, TLS, busy), the whole destination waits until the batch's next attempt so an outage
+costs one failed connection per backoff step, not one per study. An archive's Retry-After is a
+floor for that wait. Rejected credentials (HTTP 401/403) cannot heal by themselves: those copies
+are dead-lettered after `auth_failure_attempts`, with the reason, for an operator to release once
+the credentials are fixed.
 
 Delivery is at-least-once: a copy sent just before a crash is sent again after restart; the
 archive receives identical UIDs (keyed pseudonyms) and keeps one instance.
@@ -16,12 +20,27 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from deid_core.errors import InvalidInputError
+from deid_core.errors import ConfigError, InvalidInputError
+from dicom_io.dicomweb import (
+    StowFailed,
+    StowTarget,
+    basic_authorization,
+    bearer_authorization,
+    client_ssl_context,
+)
 from dicom_io.scu import AssociationFailed, StoreTarget, is_stored, send_files
 from dicom_io.tls import client_context
-from gateway.config import DestinationConfig, GatewayConfig, RetryPolicy
+from gateway.config import (
+    BasicAuth,
+    BearerAuth,
+    DestinationConfig,
+    DicomwebDestinationConfig,
+    GatewayConfig,
+    RetryPolicy,
+)
 from gateway.events import (
     EventBus,
     ForwardFailed,
@@ -36,6 +55,9 @@ from gateway.logs import get_logger
 from gateway.outbox import Outbox
 from gateway.quarantine import Quarantine
 from gateway.spool import Spool
+
+if TYPE_CHECKING:
+    import httpx
 
 LOG = get_logger("gateway.forwarder")
 
@@ -73,9 +95,90 @@ def store_target(name: str, dest: DestinationConfig, cfg: GatewayConfig) -> Stor
     )
 
 
-@dataclass
-class _Batch:
-    rows: list[OutboxRow]
+def http_authorization(auth: BearerAuth | BasicAuth | None, where: str) -> str | None:
+    """The Authorization header for configured HTTP credentials (read now, at start-up)."""
+    if isinstance(auth, BearerAuth):
+        return bearer_authorization(auth.token.load(f"{where}.token"))
+    if isinstance(auth, BasicAuth):
+        return basic_authorization(auth.username, auth.password.load(f"{where}.password"))
+    return None
+
+
+def stow_target(name: str, dest: DicomwebDestinationConfig) -> StowTarget:
+    """The STOW-RS target of a DICOMweb destination; unreadable credentials or certificates
+    stop the start with a ConfigError naming the key."""
+    ctx = None
+    if dest.tls is not None:
+        try:
+            ctx = client_ssl_context(dest.tls.ca_file, dest.tls.cert_file, dest.tls.key_file)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(
+                f"destinations.{name}.tls: cannot load the CA bundle or certificate ({reason})"
+            ) from None
+    return StowTarget(
+        url=dest.url,
+        authorization=http_authorization(dest.auth, f"destinations.{name}.auth"),
+        ssl_context=ctx,
+        connect_timeout=dest.connect_timeout_s,
+        timeout=dest.timeout_s,
+    )
+
+
+class Transport(Protocol):
+    """How a batch of outbox files reaches one destination. `send` returns one entry per file:
+    the archive's status (0x0000 or a warning: stored) or None when it was not sent; it raises
+    AssociationFailed or StowFailed when nothing could be sent."""
+
+    def send(self, files: Sequence[Path], progress: Heartbeat) -> list[int | None]: ...
+
+    def close(self) -> None: ...
+
+
+class DimseTransport:
+    """C-STORE over one association per batch."""
+
+    def __init__(self, target: StoreTarget) -> None:
+        self.target = target
+
+    def send(self, files: Sequence[Path], progress: Heartbeat) -> list[int | None]:
+        return send_files(self.target, files, progress)
+
+    def close(self) -> None:
+        pass
+
+
+class StowTransport:
+    """STOW-RS, one request per batch, over a kept-alive HTTP connection."""
+
+    def __init__(self, target: StowTarget) -> None:
+        self.target = target
+        self._client: httpx.Client | None = None
+
+    def send(self, files: Sequence[Path], progress: Heartbeat) -> list[int | None]:
+        from dicom_io.dicomweb import new_client, stow_files
+
+        if self._client is None:
+            self._client = new_client(self.target)
+        return stow_files(self.target, files, self._client, progress)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def transport_for(name: str, cfg: GatewayConfig) -> Transport:
+    dest = cfg.destinations[name]
+    if isinstance(dest, DicomwebDestinationConfig):
+        return StowTransport(stow_target(name, dest))
+    return DimseTransport(store_target(name, dest, cfg))
+
+
+#: Failure kinds after which the whole destination waits for the batch's next attempt.
+_PAUSING_KINDS = frozenset(
+    {"unreachable", "refused", "tls", "timeout", "busy", "server_error", "auth"}
+)
 
 
 class DestinationWorker:
@@ -84,8 +187,8 @@ class DestinationWorker:
     def __init__(
         self,
         name: str,
-        dest: DestinationConfig,
-        target: StoreTarget,
+        dest: DestinationConfig | DicomwebDestinationConfig,
+        transport: Transport | StoreTarget,
         journal: Journal,
         outbox: Outbox,
         spool: Spool,
@@ -96,7 +199,9 @@ class DestinationWorker:
     ) -> None:
         self.name = name
         self.dest = dest
-        self.target = target
+        self.transport: Transport = (
+            DimseTransport(transport) if isinstance(transport, StoreTarget) else transport
+        )
         self.journal = journal
         self.outbox = outbox
         self.spool = spool
@@ -124,6 +229,7 @@ class DestinationWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.transport.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -153,29 +259,36 @@ class DestinationWorker:
         rows = self.journal.next_batch(self.name, now, self.dest.batch_size)
         if not rows:
             return False
-        paths = [str(self.outbox.path(r.path)) for r in rows]
         started = time.perf_counter()
         try:
-            statuses = send_files(
-                self.target, [self.outbox.path(r.path) for r in rows], self.heartbeat
-            )
+            statuses = self.transport.send([self.outbox.path(r.path) for r in rows], self.heartbeat)
         except AssociationFailed as exc:
             self._failed(rows, exc.kind, str(exc))
+            return True
+        except StowFailed as exc:
+            limit = None
+            if exc.kind == "auth" and isinstance(self.dest, DicomwebDestinationConfig):
+                limit = self.dest.auth_failure_attempts
+            self._failed(rows, exc.kind, str(exc), max_attempts=limit, wait_s=exc.retry_after)
             return True
         except InvalidInputError as exc:
             LOG.error("outbox_file_unreadable", destination=self.name, error=str(exc))
             self._failed(rows, "status", str(exc), permanent=True)
             return True
-        del paths
         seconds = (time.perf_counter() - started) / max(len(rows), 1)
         sent_rows = []
+        # failed rows grouped by what went wrong, each group rescheduled together
+        failed: dict[tuple[str, str], list[OutboxRow]] = {}
         for row, status in zip(rows, statuses, strict=True):
             if status is not None and is_stored(status):
                 sent_rows.append(row)
             elif status is None:
-                self._failed([row], "aborted", "association lost before an answer")
+                failed.setdefault(("aborted", "association lost before an answer"), []).append(row)
             else:
-                self._failed([row], "status", f"archive answered status 0x{status:04X}")
+                why = ("status", f"archive answered status 0x{status:04X}")
+                failed.setdefault(why, []).append(row)
+        for (kind, error), group in failed.items():
+            self._failed(group, kind, error)
         if sent_rows:
             self.journal.mark_sent([r.id for r in sent_rows])
             delivered_at = time.time()
@@ -206,16 +319,38 @@ class DestinationWorker:
         return True
 
     def _failed(
-        self, rows: Sequence[OutboxRow], kind: str, error: str, permanent: bool = False
+        self,
+        rows: Sequence[OutboxRow],
+        kind: str,
+        error: str,
+        permanent: bool = False,
+        *,
+        max_attempts: int | None = None,
+        wait_s: float | None = None,
     ) -> None:
+        """Reschedule `rows` (or dead-letter those out of attempts). `max_attempts` lowers the
+        policy's limit for this kind of failure; `wait_s` (an archive's Retry-After) is the least
+        time before the next attempt."""
         policy = self.dest.retry
+        limit = policy.max_attempts
+        if max_attempts is not None:
+            limit = min(max_attempts, limit)
         soonest = None
+        # One time per attempt count, not per row: the batch stays together for its next try
+        # (a per-row jitter would split it into one request per row).
+        now = time.time()
+        next_at_for: dict[int, float] = {}
         for row in rows:
             attempts = row.attempts + 1
-            if permanent or attempts >= policy.max_attempts:
+            if permanent or attempts >= limit:
                 self._dead_letter(row, attempts, error)
                 continue
-            next_at = time.time() + backoff_delay(policy, attempts, self.rng)
+            if attempts not in next_at_for:
+                delay = backoff_delay(policy, attempts, self.rng)
+                if wait_s is not None:
+                    delay = max(delay, wait_s)
+                next_at_for[attempts] = now + delay
+            next_at = next_at_for[attempts]
             self.journal.reschedule(row.id, attempts, next_at, error)
             soonest = next_at if soonest is None else min(soonest, next_at)
         will_retry = soonest is not None
@@ -235,7 +370,7 @@ class DestinationWorker:
             will_retry=will_retry,
             attempts=rows[0].attempts + 1 if rows else 0,
         )
-        if kind in ("unreachable", "refused", "tls", "timeout") and soonest is not None:
+        if kind in _PAUSING_KINDS and soonest is not None:
             self._paused_until = soonest
         if permanent or not will_retry:
             self._finish([r.instance_id for r in rows])

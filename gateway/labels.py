@@ -35,7 +35,18 @@ RESERVED = frozenset({OTHER, NO_ROUTE})
 #: Failure kinds a forwarder reports (`ForwardFailed.reason`): the kinds of
 #: `dicom_io.scu.AssociationFailed` ("aborted": the association broke in the middle of a batch)
 #: plus "status", one instance refused by an archive that answered.
-FORWARD_FAILURE_REASONS = ("refused", "unreachable", "aborted", "status", "timeout", "tls")
+FORWARD_FAILURE_REASONS = (
+    "refused",
+    "unreachable",
+    "aborted",
+    "status",
+    "timeout",
+    "tls",
+    # DICOMweb (dicom_io.dicomweb.StowFailed): credentials rejected, archive busy, other 5xx
+    "auth",
+    "busy",
+    "server_error",
+)
 #: Lesion gate outcomes (`LesionGateDecided.outcome`).
 GATE_OUTCOMES = ("accepted", "no_lesion_found", *(r.value for r in QuarantineReason))
 

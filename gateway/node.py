@@ -28,12 +28,19 @@ from typing import TYPE_CHECKING
 
 from deid_core.errors import ConfigError
 from deid_core.keys import ProjectKey
+from dicom_io.dicomweb import reachable as stow_reachable
 from dicom_io.scp import AccessPolicy, StorageSCP, caller_rules
-from dicom_io.scu import StoreTarget
 from dicom_io.tls import server_context
-from gateway.config import GatewayConfig
+from gateway.config import DestinationConfig, GatewayConfig
 from gateway.events import Backlog, EventBus
-from gateway.forwarder import DestinationWorker, Forwarder, store_target
+from gateway.forwarder import (
+    DestinationWorker,
+    DimseTransport,
+    Forwarder,
+    StowTransport,
+    Transport,
+    transport_for,
+)
 from gateway.http import ReadinessCheck
 from gateway.ingest import Ingest, adopt_orphans
 from gateway.journal import InstanceState, Journal
@@ -55,6 +62,7 @@ from gateway.spool import DirectorySync, Spool
 
 if TYPE_CHECKING:
     from gateway.review.station import ReviewStation
+    from gateway.stow import StowEndpoint
 
 LOG = get_logger("gateway.node")
 
@@ -142,9 +150,12 @@ class GatewayNode:
         deidentifier_factory: DeidentifierFactory | None = None,
         drain_timeout: float = 30.0,
         monitor: bool = True,
+        listen: bool = True,
     ) -> None:
         """``monitor=False`` leaves out metrics, the event log and the monitoring endpoint (for
-        code that embeds a node and brings its own observers, such as the demo)."""
+        code that embeds a node and brings its own observers, such as the demo).
+        ``listen=False`` leaves out the DICOM listener and the STOW-RS endpoint: instances come
+        in through `ingest` only (the Orthanc plugin hands them over in process)."""
         self.cfg = cfg
         self.key = key
         self.events = events or EventBus()
@@ -160,7 +171,12 @@ class GatewayNode:
         self.pipeline: Pipeline | None = None
         self.address: tuple[str, int] | None = None
         self.review: ReviewStation | None = None
+        self.stow: StowEndpoint | None = None
+        #: Where received instances go (spool, journal, events): the listener's sink, also for
+        #: instances that arrive by other ways (STOW-RS, C-GET, the Orthanc plugin).
+        self.ingest: Ingest | None = None
         self._monitor = monitor
+        self._listen = listen
         self.monitoring: Monitoring | None = None
         self._extra_checks: dict[str, ReadinessCheck] = {}
 
@@ -168,18 +184,19 @@ class GatewayNode:
 
     def start(self) -> tuple[str, int]:
         cfg = self.cfg
-        policy = access_policy(cfg)
+        # the listener's settings are checked first: a bad one stops the start before anything
+        policy = access_policy(cfg) if self._listen else None
         ssl_ctx = None
-        if cfg.node.tls is not None:
+        if cfg.node.tls is not None and self._listen:
             t = cfg.node.tls
             ssl_ctx = server_context(
                 t.cert_file, t.key_file, t.client_ca_file, t.require_client_cert
             )
-        targets = {name: store_target(name, dest, cfg) for name, dest in cfg.destinations.items()}
+        transports = {name: transport_for(name, cfg) for name in cfg.destinations}
         storage = Storage.open(cfg)
         self.storage = storage
         if self._monitor:
-            self._start_monitoring(storage, targets)
+            self._start_monitoring(storage, transports)
         self._recover(storage)
         self.pipeline = Pipeline(
             cfg,
@@ -200,13 +217,15 @@ class GatewayNode:
         loops = identifiers("forwarder", cfg.destinations)
         workers = {}
         for name, dest in cfg.destinations.items():
-            self._register_loop(
-                loops[name], 2 * dest.connect_timeout_s + 2 * dest.dimse_timeout_s + 30.0
+            # the longest a batch may take: connect, then wait for the archive's answers
+            answer_s = (
+                dest.dimse_timeout_s if isinstance(dest, DestinationConfig) else dest.timeout_s
             )
+            self._register_loop(loops[name], 2 * dest.connect_timeout_s + 2 * answer_s + 30.0)
             workers[name] = DestinationWorker(
                 name,
                 dest,
-                targets[name],
+                transports[name],
                 storage.journal,
                 storage.outbox,
                 storage.spool,
@@ -228,10 +247,21 @@ class GatewayNode:
 
             self.review = ReviewStation(cfg, storage, on_decision=self.forwarder.wake)
             self.review.start()
+        self.ingest = Ingest(storage.spool, storage.journal, self.key, self.events)
+        if not self._listen:
+            LOG.info(
+                "gateway_started",
+                listener=False,
+                destinations=sorted(cfg.destinations),
+                routes=[r.name for r in cfg.routes],
+                key_fingerprint=self.key.fingerprint(),
+            )
+            return ("", 0)
+        assert policy is not None
         self._register_loop("dicom_listener", LISTENER_MAX_SILENCE_S)
         self.scp = StorageSCP(
             policy=policy,
-            sink=Ingest(storage.spool, storage.journal, self.key, self.events),
+            sink=self.ingest,
             host=cfg.node.host,
             port=cfg.node.port,
             max_pdu_size=cfg.node.max_pdu_size,
@@ -240,6 +270,13 @@ class GatewayNode:
             heartbeat=self._beater("dicom_listener"),
         )
         self.address = self.scp.start()
+        if cfg.dicomweb_in.enabled:
+            from gateway.stow import StowEndpoint
+
+            self.stow = StowEndpoint(cfg.dicomweb_in, cfg.node.ae_title, self.ingest, storage.spool)
+            self.stow.start()
+            stow = self.stow
+            self.add_readiness_check("stow_endpoint", lambda: stow.serving)
         LOG.info(
             "gateway_listening",
             ae_title=cfg.node.ae_title,
@@ -252,14 +289,15 @@ class GatewayNode:
         )
         return self.address
 
-    def _start_monitoring(self, storage: Storage, targets: dict[str, StoreTarget]) -> None:
+    def _start_monitoring(self, storage: Storage, transports: dict[str, Transport]) -> None:
         cfg = self.cfg
         routes = [r.name for r in Router.from_config(cfg).all_routes()]
         checks: dict[str, ReadinessCheck] = {
             "journal_writable": journal_writable(storage.journal),
             "spool_writable": spool_writable(storage.spool),
-            "dicom_listener": listener_accepting(lambda: self.scp),
         }
+        if self._listen:
+            checks["dicom_listener"] = listener_accepting(lambda: self.scp)
         if self._uses_model():
             # Placeholder until the step says more (its own `model_loaded`, if it offers one):
             # building the pipeline builds the step, which loads its model.
@@ -280,12 +318,21 @@ class GatewayNode:
         )
         self.monitoring = monitoring
         for name, check_name in identifiers("destination", cfg.destinations).items():
-            monitoring.add_check(
-                check_name,
-                DestinationProbe(
-                    name, targets[name], on_result=monitoring.metrics.set_destination_up
-                ),
-            )
+            transport = transports[name]
+            if isinstance(transport, StowTransport):
+                probe = DestinationProbe(
+                    name,
+                    transport.target,
+                    on_result=monitoring.metrics.set_destination_up,
+                    echo_fn=stow_reachable,
+                )
+            elif isinstance(transport, DimseTransport):
+                probe = DestinationProbe(
+                    name, transport.target, on_result=monitoring.metrics.set_destination_up
+                )
+            else:  # a transport of its own brings no probe
+                continue
+            monitoring.add_check(check_name, probe)
 
     def _uses_model(self) -> bool:
         return any(
@@ -371,10 +418,12 @@ class GatewayNode:
             if self.scp is not None:
                 self.scp.stop_accepting()
                 self._unregister_loop("dicom_listener")
-                if not self.scp.wait_idle(self.drain_timeout):
-                    LOG.warning("shutdown_aborting_associations")
-                    self.scp.abort_all()
-                    self.scp.wait_idle(5.0)
+            if self.stow is not None:
+                self.stow.stop(self.drain_timeout)  # requests in flight finish first
+            if self.scp is not None and not self.scp.wait_idle(self.drain_timeout):
+                LOG.warning("shutdown_aborting_associations")
+                self.scp.abort_all()
+                self.scp.wait_idle(5.0)
             if self.review is not None:
                 self.review.stop()
             self._stop_assembler.set()

@@ -22,8 +22,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
+from dicom_io.dicomweb import StowFailed, StowTarget
 from dicom_io.scu import AssociationFailed, StoreTarget, echo
 from gateway.journal import Journal
 from gateway.logs import get_logger
@@ -82,7 +83,9 @@ def identifiers(prefix: str, names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-Echo = Callable[[StoreTarget, float], None]
+#: Asks a destination whether it is there within a timeout; raises AssociationFailed or
+#: StowFailed when not (C-ECHO for DIMSE, an HTTP request for DICOMweb).
+Echo = Callable[[Any, float], None]
 
 
 class DestinationProbe:
@@ -96,7 +99,7 @@ class DestinationProbe:
     def __init__(
         self,
         destination: str,
-        target: StoreTarget,
+        target: StoreTarget | StowTarget,
         *,
         on_result: Callable[[str, bool], None] | None = None,
         ttl_s: float = ECHO_CACHE_SECONDS,
@@ -124,7 +127,7 @@ class DestinationProbe:
             try:
                 self._echo(self.target, self._timeout_s)
                 reachable = True
-            except AssociationFailed as exc:
+            except (AssociationFailed, StowFailed) as exc:
                 reachable, reason = False, exc.kind
             self._checked_at = self._clock()
             if reachable != self._reachable:

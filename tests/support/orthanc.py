@@ -4,10 +4,14 @@
 folder, no authentication: it is reachable only through the namespace's veth from this machine),
 runs `ip netns exec NS Orthanc config.json` with TCP_NODELAY=1, and waits for its REST API. The
 REST API is used for assertions (`count_instances`, `instances`, `tags`).
+
+Debian's plugins load on request: ``plugins=("dicomweb", "python")`` (the Python plugin needs
+``extra={"PythonScript": ...}``); `extra` is merged into the configuration as given.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -15,6 +19,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,17 @@ from tests.support.netns import NetNamespace, require_netns
 ORTHANC = shutil.which("Orthanc")
 #: No proxy, ever: the archive lives on a link-local address on this machine.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+#: Debian's plugin libraries (packages orthanc-dicomweb and orthanc-python).
+PLUGINS = {
+    "dicomweb": Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
+    "python": Path("/usr/share/orthanc/plugins/libOrthancPython.so"),
+}
+
+
+def require_plugins(*names: str) -> None:
+    for name in names:
+        if not PLUGINS[name].exists():
+            pytest.skip(f"Orthanc plugin {name} is not installed ({PLUGINS[name]})")
 
 
 def require_orthanc() -> None:
@@ -41,7 +57,12 @@ class Orthanc:
         ae_title: str = "ORTHANC",
         dicom_port: int = 4242,
         http_port: int = 8042,
+        plugins: Sequence[str] = (),
+        extra: dict[str, Any] | None = None,
+        users: dict[str, str] | None = None,
     ) -> None:
+        """`users`: turn on Orthanc's HTTP basic authentication with these users (the helper's
+        own requests then sign in as the first)."""
         self.folder = folder
         self.ns = ns
         self.ae_title = ae_title
@@ -50,31 +71,35 @@ class Orthanc:
         self.proc: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
         self.config_path = folder / "orthanc.json"
-        self.config_path.write_text(
-            json.dumps(
-                {
-                    "Name": "test-archive",
-                    "DicomAet": ae_title,
-                    "DicomPort": dicom_port,
-                    "HttpPort": http_port,
-                    "StorageDirectory": str(folder / "storage"),
-                    "IndexDirectory": str(folder / "index"),
-                    "RemoteAccessAllowed": True,
-                    "AuthenticationEnabled": False,
-                    "DicomCheckCalledAet": True,
-                    "DicomAlwaysAllowStore": True,
-                    "DicomAlwaysAllowEcho": True,
-                    "StorageCompression": False,
-                    "Plugins": [],
-                    "SaveJobs": False,
-                    "DicomThreadsCount": 4,
-                    "HttpThreadsCount": 4,
-                    "ConcurrentJobs": 1,
-                    "StableAge": 1,
-                },
-                indent=2,
-            )
-        )
+        self.config: dict[str, Any] = {
+            "Name": "test-archive",
+            "DicomAet": ae_title,
+            "DicomPort": dicom_port,
+            "HttpPort": http_port,
+            "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "index"),
+            "RemoteAccessAllowed": True,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "StorageCompression": False,
+            "Plugins": [],
+            "SaveJobs": False,
+            "DicomThreadsCount": 4,
+            "HttpThreadsCount": 4,
+            "ConcurrentJobs": 1,
+            "StableAge": 1,
+        }
+        self.config["Plugins"] = [str(PLUGINS[name]) for name in plugins]
+        self._auth: str | None = None
+        if users:
+            self.config["AuthenticationEnabled"] = True
+            self.config["RegisteredUsers"] = users
+            user, password = next(iter(users.items()))
+            self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.config.update(extra or {})
+        self.config_path.write_text(json.dumps(self.config, indent=2))
 
     @property
     def host(self) -> str:
@@ -116,14 +141,59 @@ class Orthanc:
                 self.proc.wait(5)
         self.proc = None
 
+    def _open(self, req: urllib.request.Request | str, timeout: float) -> Any:
+        if isinstance(req, str):
+            req = urllib.request.Request(req)
+        if self._auth:
+            req.add_header("Authorization", self._auth)
+        return _OPENER.open(req, timeout=timeout)
+
     def get(self, path: str) -> Any:
-        with _OPENER.open(self.url + path, timeout=10) as rsp:
+        with self._open(self.url + path, timeout=10) as rsp:
             return json.loads(rsp.read())
 
     def post(self, path: str, body: Any) -> Any:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
-        with _OPENER.open(req, timeout=30) as rsp:
+        with self._open(req, timeout=30) as rsp:
             return json.loads(rsp.read())
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        if body is not None:
+            req.add_header("Content-Type", content_type)
+        with self._open(req, timeout=60) as rsp:
+            data = rsp.read()
+        return json.loads(data) if data.strip() else None
+
+    def upload(self, path: Path) -> str:
+        """Store a Part 10 file through the REST API; returns Orthanc's instance id."""
+        answer = self.request("POST", "/instances", path.read_bytes(), "application/dicom")
+        return str(answer["ID"])
+
+    def put_modality(self, name: str, ae_title: str, host: str, port: int) -> None:
+        """Declare a DICOM peer (for C-MOVE destinations and callers allowed to query)."""
+        body = json.dumps({"AET": ae_title, "Host": host, "Port": port}).encode()
+        self.request("PUT", f"/modalities/{name}", body)
+
+    def studies(self) -> set[str]:
+        return set(self.get("/studies"))
+
+    def study_instances(self, study_id: str) -> list[str]:
+        return [str(i["ID"]) for i in self.get(f"/studies/{study_id}/instances")]
+
+    def file(self, instance_id: str) -> bytes:
+        with self._open(self.url + f"/instances/{instance_id}/file", timeout=30) as rsp:
+            return bytes(rsp.read())
+
+    def log_text(self) -> str:
+        path = self.folder / "orthanc.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def count_instances(self) -> int:
         return int(self.get("/statistics")["CountInstances"])

@@ -1,0 +1,2 @@
+"""The gateway inside other systems: the Orthanc plugin (`orthanc_plugin`, loaded by
+`orthanc_entry.py`)."""
