@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "gateway.commands.lesion",
     "gateway.commands.pull",
     "gateway.commands.orthanc",
+    "gateway.commands.evaluate",
 ]
 
 app = typer.Typer(
