@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "gateway.commands.review",
     "gateway.commands.model",
     "gateway.commands.flowedit",
+    "gateway.commands.worker",
     "gateway.commands.lesion",
     "gateway.commands.pull",
     "gateway.commands.orthanc",

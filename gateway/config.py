@@ -495,12 +495,76 @@ def _storage_class_uid(keyword: str) -> str | None:
     return str(uid) if isinstance(uid, str) else None
 
 
+class LesionGateConfig(StrictModel):
+    """The lesion gate of a `flowedit` route: the lesion mask of the original and of the
+    de-identified photograph must overlap (IoU >= threshold), otherwise quarantine.
+
+    `twin`: the mask is where CIELAB a* drops from the image to its counterfactual healthy twin
+    (FlowEdit with the twin prompt pair, at `twin_max_side`; both twins in one batch).
+    `synthesis_free`: a* against the surrounding skin, no model (CPU-only sites)."""
+
+    method: Literal["twin", "synthesis_free"] = "twin"
+    threshold: float = Field(default=0.67, gt=0, le=1)
+    #: "pathological -> healthy" prompt pair of the twin (method twin); unset: the defaults of
+    #: deid_core.lesion (DEFAULT_LESION_PROMPT, DEFAULT_HEALTHY_PROMPT)
+    twin_source_prompt: str | None = Field(default=None, min_length=1)
+    twin_target_prompt: str | None = Field(default=None, min_length=1)
+    #: twins only feed a mask: edit them at this longer side (a quarter of the cost at 512 for 1024)
+    twin_max_side: int = Field(default=512, ge=64)
+    #: FlowEdit settings of the twin edit (overrides of the family's published defaults)
+    twin_params: dict[str, int | float | str | bool | None] = Field(default_factory=dict)
+
+
+class FlowEditRouteConfig(StrictModel):
+    """The `flowedit` pixel step of a route: the model, the identity edit and the lesion gate.
+
+    The model directory is checked at start-up (every missing piece named); one directory named
+    by several routes is loaded once and shared."""
+
+    model: Path
+    #: "cpu", "cuda", "cuda:1" ...
+    device: str = "cpu"
+    #: "auto": bfloat16 on a GPU, float32 on a CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    source_prompt: str = Field(min_length=1)
+    target_prompt: str = Field(min_length=1)
+    #: FlowEdit settings (num_steps, n_max, n_min, n_avg, source_guidance, target_guidance,
+    #: batch_size, max_side, ...): overrides of the model family's published defaults
+    params: dict[str, int | float | str | bool | None] = Field(default_factory=dict)
+    #: transfer syntax of the derived instance (dicom_io.pixels.ENCODINGS)
+    encoding: Literal[
+        "explicit", "implicit", "rle", "jpeg2000-lossless", "jpeg2000", "jpeg-baseline"
+    ] = "explicit"
+    #: free the text encoders (T5-XXL: ~9 GB) once every prompt of the model is encoded
+    release_text_encoders: bool = True
+    gate: LesionGateConfig = LesionGateConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:[0-9]+)?|mps", value):
+            raise ValueError("must be cpu, cuda, cuda:N or mps")
+        return value
+
+
 class RouteTarget(StrictModel):
     """What happens to a matched instance: profile, pixel step, destinations."""
 
     profile: str = "default"
     pixels: PixelStepName = "none"
     destinations: list[str] = Field(min_length=1)
+    #: settings of the `flowedit` pixel step (required when pixels is flowedit)
+    flowedit: FlowEditRouteConfig | None = None
+
+    @model_validator(mode="after")
+    def _flowedit_settings(self) -> RouteTarget:
+        if self.pixels == "flowedit" and self.flowedit is None:
+            raise ValueError(
+                "pixels: flowedit needs a 'flowedit' section (model, source_prompt, target_prompt)"
+            )
+        if self.pixels != "flowedit" and self.flowedit is not None:
+            raise ValueError("a 'flowedit' section is only used with pixels: flowedit")
+        return self
 
 
 class RouteConfig(RouteTarget):
@@ -718,6 +782,58 @@ class OrthancPluginConfig(StrictModel):
     retry_max_delay_s: float = Field(default=600.0, ge=0)
 
 
+class CeleryExecutorConfig(StrictModel):
+    """The worker pool over RabbitMQ (executor: celery). Workers (`deid-gateway worker`) take
+    pixel-only jobs from `queue` and send each result to the submitting gateway's
+    `result_queue`."""
+
+    #: amqp://user:password@host:port/vhost; the password is better given by `broker_url_env`
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    #: environment variable holding the broker URL (wins over broker_url when set)
+    broker_url_env: str | None = None
+    #: the jobs queue every worker consumes
+    queue: str = Field(default="deidgw.pixel-jobs", min_length=1, max_length=200)
+    #: this gateway's results queue (default: derived from the node's AE title)
+    result_queue: str | None = Field(default=None, min_length=1, max_length=200)
+    #: a job whose result has not come back after this long is submitted again
+    result_timeout_s: float = Field(default=900.0, gt=0)
+    #: submissions of one job before the photograph is quarantined (pixel_step_failed)
+    max_attempts: int = Field(default=5, ge=1)
+    #: workers announce themselves this often; silent for 3 intervals counts as gone
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    #: waiting after the broker refused a submission before trying again
+    retry_delay_s: float = Field(default=2.0, gt=0)
+
+    def url(self, environ: Mapping[str, str] | None = None) -> str:
+        env = os.environ if environ is None else environ
+        if self.broker_url_env is not None:
+            value = env.get(self.broker_url_env)
+            if not value:
+                raise ConfigError(
+                    f"executor.broker_url_env: environment variable {self.broker_url_env} "
+                    "is not set or empty"
+                )
+            return value
+        return self.broker_url
+
+
+class ExecutorConfig(CeleryExecutorConfig):
+    """Where the pixel work of photograph routes runs.
+
+    `local` (default): in the gateway process, the model loaded once, several waiting photographs
+    edited per batch. `celery`: on `deid-gateway worker` processes (GPU machines) over RabbitMQ.
+    `executor: local` and `executor: celery` are shorthands for `{kind: ...}`."""
+
+    kind: Literal["local", "celery"] = "local"
+    #: photographs edited together in one batch (local executor)
+    batch_size: int = Field(default=4, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data
+
+
 class GatewayConfig(StrictModel):
     """The whole configuration file."""
 
@@ -738,6 +854,7 @@ class GatewayConfig(StrictModel):
     orthanc_plugin: OrthancPluginConfig = OrthancPluginConfig()
     #: What happens to an instance no route matches: "quarantine" (the default), or a target.
     default_route: Literal["quarantine"] | RouteTarget = "quarantine"
+    executor: ExecutorConfig = ExecutorConfig()
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:

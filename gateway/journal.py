@@ -1,10 +1,11 @@
 """The journal: where every received instance is in its life, in SQLite (WAL).
 
 One row per received instance (`instances`), one per (instance, destination) copy waiting to be
-sent (`outbox`), one per quarantine entry (`quarantine`) and one per operator decision
-(`decisions`). Every stage moves rows forward in one transaction *after* the files it made are
-durable, so a crash at any point leaves either the old state (the stage runs again; its output is
-deterministic) or the new one. A restart resumes every unfinished row.
+sent (`outbox`), one per photograph whose pixel job is out (`pixel_jobs`), one per quarantine
+entry (`quarantine`) and one per operator decision (`decisions`). Every stage moves rows forward
+in one transaction *after* the files it made are durable, so a crash at any point leaves either
+the old state (the stage runs again; its output is deterministic) or the new one. A restart
+resumes every unfinished row.
 
 Durability: WAL with `synchronous=NORMAL`. A commit is then durable against a crash of the process
 (`kill -9`) but the last commits may roll back on a power loss. That is safe here because the
@@ -34,6 +35,7 @@ from typing import Any
 
 class InstanceState(StrEnum):
     RECEIVED = "received"  # durable in the spool, waiting for its study to be complete
+    EDITING = "editing"  # a pixel job (photograph edit and gate) is out; see pixel_jobs
     QUEUED = "queued"  # de-identified copies are in the outbox
     FORWARDED = "forwarded"  # every destination has it; the spool file is gone
     QUARANTINED = "quarantined"  # held in quarantine (rejected or dead-lettered)
@@ -89,6 +91,17 @@ CREATE TABLE IF NOT EXISTS quarantine (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pixel_jobs (
+    job_id TEXT PRIMARY KEY,
+    instance_id INTEGER NOT NULL UNIQUE REFERENCES instances(id),
+    route TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at REAL NOT NULL,
+    submitted_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pixel_jobs_due ON pixel_jobs(due_at);
 CREATE TABLE IF NOT EXISTS health_probe (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     at REAL NOT NULL
@@ -146,6 +159,20 @@ class QuarantineRow:
     created_at: float
 
 
+@dataclass(frozen=True)
+class PixelJobRow:
+    """A photograph's pixel job that has not come back. `attempts` counts submissions the broker
+    took; `due_at` is when it is (re)submitted: after the result timeout, or after a delay when
+    the broker refused it."""
+
+    job_id: str
+    instance_id: int
+    route: str
+    attempts: int
+    due_at: float
+    submitted_at: float | None
+
+
 def _instance(row: sqlite3.Row) -> InstanceRow:
     return InstanceRow(
         id=row["id"],
@@ -175,6 +202,17 @@ def _outbox(row: sqlite3.Row) -> OutboxRow:
         attempts=row["attempts"],
         next_attempt_at=row["next_attempt_at"],
         created_at=row["created_at"],
+    )
+
+
+def _pixel_job(row: sqlite3.Row) -> PixelJobRow:
+    return PixelJobRow(
+        job_id=row["job_id"],
+        instance_id=row["instance_id"],
+        route=row["route"],
+        attempts=row["attempts"],
+        due_at=row["due_at"],
+        submitted_at=row["submitted_at"],
     )
 
 
@@ -343,6 +381,7 @@ class Journal:
                     "UPDATE instances SET state=?, route=?, updated_at=? WHERE id=?",
                     (InstanceState.QUEUED.value, route, now, instance_id),
                 )
+                db.execute("DELETE FROM pixel_jobs WHERE instance_id=?", (instance_id,))
         return ids
 
     def mark_quarantined(
@@ -366,6 +405,7 @@ class Journal:
                     "UPDATE instances SET state=?, route=?, reason=?, updated_at=? WHERE id=?",
                     (InstanceState.QUARANTINED.value, route, reason, now, instance_id),
                 )
+                db.execute("DELETE FROM pixel_jobs WHERE instance_id=?", (instance_id,))
 
     def finished_instances(self, instance_ids: Iterable[int]) -> list[InstanceRow]:
         """Instances (among `instance_ids`) in state queued with no pending outbox row left: mark
@@ -396,6 +436,67 @@ class Journal:
                 )
                 done.append(_instance(row))
         return done
+
+    # --- pixel jobs --------------------------------------------------------------------------
+    # A job row lives exactly as long as its instance is `editing`: it is written with that state
+    # and deleted in the transaction that moves the instance on (queued or quarantined), so a
+    # result that comes twice, or after the instance went on, finds no row and is ignored.
+
+    def add_pixel_job(self, instance_id: int, job_id: str, route: str, due_at: float) -> None:
+        """The instance waits for its photograph's pixel job (not submitted yet)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO pixel_jobs (job_id, instance_id, route, attempts, due_at,"
+                " created_at, updated_at) VALUES (?,?,?,0,?,?,?)",
+                (job_id, instance_id, route, due_at, now, now),
+            )
+            db.execute(
+                "UPDATE instances SET state=?, route=?, updated_at=? WHERE id=?",
+                (InstanceState.EDITING.value, route, now, instance_id),
+            )
+
+    def pixel_job_submitted(self, job_id: str, attempts: int, due_at: float) -> None:
+        """The broker (or the local executor) took the job; re-submit at `due_at` unless its
+        result came first."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE pixel_jobs SET attempts=?, due_at=?, submitted_at=?, updated_at=?"
+                " WHERE job_id=?",
+                (attempts, due_at, now, now, job_id),
+            )
+
+    def pixel_job_deferred(self, job_id: str, due_at: float) -> None:
+        """Submission failed (broker away) or must be repeated: try again at `due_at`."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE pixel_jobs SET due_at=?, updated_at=? WHERE job_id=?",
+                (due_at, time.time(), job_id),
+            )
+
+    def pixel_job(self, job_id: str) -> PixelJobRow | None:
+        rows = self._query("SELECT * FROM pixel_jobs WHERE job_id=?", (job_id,))
+        return _pixel_job(rows[0]) if rows else None
+
+    def pixel_jobs_due(self, now: float, limit: int = 100) -> list[PixelJobRow]:
+        return [
+            _pixel_job(r)
+            for r in self._query(
+                "SELECT * FROM pixel_jobs WHERE due_at<=? ORDER BY due_at, created_at LIMIT ?",
+                (now, limit),
+            )
+        ]
+
+    def reschedule_pixel_jobs(self, due_at: float) -> int:
+        """Make every open job due at `due_at` (on start with an in-process executor, whose
+        queue died with the previous process)."""
+        with self.transaction() as db:
+            cur = db.execute("UPDATE pixel_jobs SET due_at=?", (due_at,))
+            return int(cur.rowcount or 0)
+
+    def pixel_job_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM pixel_jobs")[0][0])
 
     # --- outbox ------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from dicom_io.scp import AccessPolicy, StorageSCP, caller_rules
 from dicom_io.tls import server_context
 from gateway.config import DestinationConfig, GatewayConfig
 from gateway.events import Backlog, EventBus
+from gateway.executors import PixelExecutor
 from gateway.forwarder import (
     DestinationWorker,
     DimseTransport,
@@ -45,6 +46,7 @@ from gateway.http import ReadinessCheck
 from gateway.ingest import Ingest, adopt_orphans
 from gateway.journal import InstanceState, Journal
 from gateway.logs import get_logger
+from gateway.metrics import WorkerPoolProbe
 from gateway.monitoring import Monitoring
 from gateway.outbox import Outbox
 from gateway.pipeline import DeidentifierFactory, Pipeline
@@ -151,16 +153,19 @@ class GatewayNode:
         drain_timeout: float = 30.0,
         monitor: bool = True,
         listen: bool = True,
+        pixel_executor: PixelExecutor | None = None,
     ) -> None:
         """``monitor=False`` leaves out metrics, the event log and the monitoring endpoint (for
         code that embeds a node and brings its own observers, such as the demo).
         ``listen=False`` leaves out the DICOM listener and the STOW-RS endpoint: instances come
-        in through `ingest` only (the Orthanc plugin hands them over in process)."""
+        in through `ingest` only (the Orthanc plugin hands them over in process).
+        `pixel_executor` replaces the configured executor of photograph routes (tests)."""
         self.cfg = cfg
         self.key = key
         self.events = events or EventBus()
         self.drain_timeout = drain_timeout
         self._deidentifier_factory = deidentifier_factory
+        self._pixel_executor = pixel_executor
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._stop_assembler = threading.Event()
@@ -207,6 +212,7 @@ class GatewayNode:
             storage.quarantine,
             self.events,
             self._deidentifier_factory,
+            self._pixel_executor,
         )
         for step in self.pipeline.pixel_steps.values():
             offered = getattr(step, "readiness_checks", None)
@@ -236,6 +242,8 @@ class GatewayNode:
             )
         self.forwarder = Forwarder(workers)
         self.forwarder.start()
+        self.pipeline.on_queued = self.forwarder.wake
+        self.pipeline.start()
         self._register_loop(
             "assembler",
             ASSEMBLER_WITH_MODEL_MAX_SILENCE_S if self._uses_model() else ASSEMBLER_MAX_SILENCE_S,
@@ -315,6 +323,7 @@ class GatewayNode:
             finished_journal_states=FINISHED_STATES,
             key_fingerprint=self.key.fingerprint(),
             site=cfg.site.id,
+            workers=_WorkerPoolOf(self) if self._uses_worker_pool() else None,
         )
         self.monitoring = monitoring
         for name, check_name in identifiers("destination", cfg.destinations).items():
@@ -333,6 +342,11 @@ class GatewayNode:
             else:  # a transport of its own brings no probe
                 continue
             monitoring.add_check(check_name, probe)
+
+    def _uses_worker_pool(self) -> bool:
+        return self.cfg.executor.kind == "celery" and any(
+            r.pixels == "flowedit" for r in Router.from_config(self.cfg).all_routes()
+        )
 
     def _uses_model(self) -> bool:
         return any(
@@ -407,6 +421,12 @@ class GatewayNode:
         assert self.storage is not None
         return BacklogReader(self.storage).backlog()
 
+    @property
+    def workers(self) -> WorkerPoolProbe | None:
+        """The remote worker pool's heartbeats (executor celery), for the metrics."""
+        executor = self.pipeline.executor if self.pipeline is not None else None
+        return executor.probe if executor is not None else None
+
     # --- stop ----------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
@@ -430,6 +450,9 @@ class GatewayNode:
             if self._assembler is not None:
                 self._assembler.join(self.drain_timeout)
                 self._unregister_loop("assembler")
+            if self.pipeline is not None:
+                # a batch in hand finishes; jobs not done stay journaled for the next start
+                self.pipeline.stop(self.drain_timeout)
             if self.forwarder is not None:
                 self.forwarder.stop(self.drain_timeout)
                 for loop in identifiers("forwarder", self.cfg.destinations).values():
@@ -458,3 +481,19 @@ class GatewayNode:
     @property
     def stopped(self) -> bool:
         return self._stopped.is_set()
+
+
+class _WorkerPoolOf:
+    """The node's worker pool probe for the metrics, which start before the pipeline (and with it
+    the executor) exists: no workers until then."""
+
+    def __init__(self, node: GatewayNode) -> None:
+        self.node = node
+
+    def workers_alive(self) -> int:
+        probe = self.node.workers
+        return probe.workers_alive() if probe is not None else 0
+
+    def last_heartbeat(self) -> float | None:
+        probe = self.node.workers
+        return probe.last_heartbeat() if probe is not None else None

@@ -22,9 +22,17 @@ class Outbox:
     def put(self, destination: str, study_key: str, data: bytes) -> str:
         """Store one copy durably; return its path relative to the outbox root."""
         directory = self.root / destination / study_key
-        ensure_directory(directory, self.dirsync)
         name = uuid.uuid4().hex + ".dcm"
-        write_durably(directory, name, (data,), self.dirsync)
+        for attempt in range(3):
+            ensure_directory(directory, self.dirsync)
+            try:
+                write_durably(directory, name, (data,), self.dirsync)
+                break
+            except FileNotFoundError:
+                # The forwarder removed the study's folder (its last sent copy) between our check
+                # and our write: photographs of one study reach the outbox one by one.
+                if attempt == 2:
+                    raise
         return str((directory / name).relative_to(self.root))
 
     def path(self, relative: str) -> Path:

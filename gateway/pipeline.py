@@ -5,6 +5,17 @@ processes their waiting instances one by one. Each instance ends in exactly one 
 places before its journal row moves: the outbox (one de-identified copy per destination) or the
 quarantine (with a reason). A crash in between leaves the row `received`, and the instance is
 processed again on start; the result is the same because pseudonyms are keyed and deterministic.
+
+Photographs on a route with an asynchronous pixel step (`flowedit`) take a detour: the step's
+pixel-only job is journaled (the instance becomes `editing`, a `pixel_jobs` row) and handed to the
+executor (in process, or the worker pool); the instance's study does not wait for it. When the
+result comes back (`complete_pixel_job`, from the executor's thread) the instance is read from the
+spool again, de-identified again (deterministic) and finished like any other: outbox or
+quarantine, in one transaction with the job row's deletion. Jobs whose result does not come within
+the executor's timeout, or that the broker refused, are submitted again (`resubmit_due`, from the
+assembler) up to the executor's attempt limit, then quarantined as pixel_step_failed. Results are
+idempotent: the seed is derived from the key and the instance, and a second result for a job
+finds no row and is ignored.
 """
 
 from __future__ import annotations
@@ -12,35 +23,43 @@ from __future__ import annotations
 import io
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pydicom
 from pydicom import Dataset
 
-from deid_core.errors import InvalidInputError, PermanentError
+from deid_core.errors import InvalidInputError, PermanentError, RetryableError
 from deid_core.keys import ProjectKey
+from deid_core.seeds import derive_seed
 from dicom_io.files import encode_dataset
 from gateway.config import GatewayConfig
 from gateway.events import (
     EventBus,
+    GpuWork,
     InstanceQuarantined,
     InstanceRejected,
+    LesionGateDecided,
     ModelLoaded,
     QuarantineReason,
     Stage,
     StageCompleted,
     StudyRouted,
 )
+from gateway.executors import PixelExecutor, build_executor
 from gateway.ingest import NO_STUDY
-from gateway.journal import InstanceRow, Journal
+from gateway.journal import InstanceRow, InstanceState, Journal, PixelJobRow
 from gateway.logs import get_logger
 from gateway.outbox import Outbox
+from gateway.pixel_jobs import PixelJob, PixelResult
 from gateway.pixels import (
     MODEL_FREE_STEPS,
+    PixelAccepted,
     PixelContext,
+    PixelOutcome,
     PixelRejected,
     PixelStep,
     build_pixel_step,
@@ -52,8 +71,32 @@ from gateway.spool import Spool
 LOG = get_logger("gateway.pipeline")
 
 
+if TYPE_CHECKING:
+    from gateway.photo import PhotoEngine
+
+
 class Deidentifier(Protocol):
     def deidentify(self, ds: Dataset) -> Dataset: ...
+
+
+class AsyncPixelStep(Protocol):
+    """A pixel step whose work runs on an executor: `prepare` a pixel-only job here, `complete`
+    the instance when the result is back (gateway.photo.FlowEditStep)."""
+
+    name: str
+    engine: PhotoEngine | None
+
+    def prepare(
+        self, original: Dataset, context: PixelContext, job_id: str, *, attempt: int = 1
+    ) -> PixelJob: ...
+
+    def complete(
+        self, original: Dataset, deidentified: Dataset, result: PixelResult, context: PixelContext
+    ) -> PixelOutcome: ...
+
+
+#: Far enough in the future to mean "never" in the journal (SQLite has no infinity literal).
+_NEVER = 1e15
 
 
 DeidentifierFactory = Callable[[GatewayConfig, str, ProjectKey], Deidentifier]
@@ -75,10 +118,13 @@ def _encode(ds: Dataset) -> bytes:
 class StudyResult:
     queued: int = 0
     quarantined: int = 0
+    #: photographs whose pixel job went to the executor
+    editing: int = 0
 
 
 class Pipeline:
-    """Processes complete studies. Thread-safe for one caller at a time (the assembler)."""
+    """Processes complete studies (the assembler) and finished pixel jobs (the executor's
+    thread); one lock serialises the two."""
 
     def __init__(
         self,
@@ -90,6 +136,7 @@ class Pipeline:
         quarantine: Quarantine,
         events: EventBus,
         deidentifier_factory: DeidentifierFactory | None = None,
+        executor: PixelExecutor | None = None,
     ) -> None:
         self.cfg = cfg
         self.key = key
@@ -116,11 +163,42 @@ class Pipeline:
                 seconds = time.perf_counter() - started
                 for route_name in routes:
                     self.events.emit(ModelLoaded(route=route_name, seconds=seconds))
+        self._async_steps: dict[str, AsyncPixelStep] = {
+            name: step  # type: ignore[misc]
+            for name, step in self._pixel_steps.items()
+            if getattr(step, "asynchronous", False)
+        }
+        self.executor: PixelExecutor | None = None
+        if self._async_steps:
+            engine = next(iter(self._async_steps.values())).engine
+            self.executor = executor or build_executor(cfg, engine)
+        self._lock = threading.RLock()
+        #: called after finished pixel jobs put copies in the outbox (the node wakes forwarders)
+        self.on_queued: Callable[[], None] | None = None
+        #: the keyed UID of something made from an original (pseudonymizer.derived_uid)
+        self.derived_uid: Callable[[str, str], str] = self._find_uid_mapper()
 
     @property
     def pixel_steps(self) -> dict[str, PixelStep]:
         """The built pixel steps by name (the node asks them for readiness checks)."""
         return dict(self._pixel_steps)
+
+    # --- the executor ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the executor. An in-process executor lost its queue with the last process: every
+        open pixel job is due again now."""
+        if self.executor is None:
+            if self.journal.pixel_job_count():
+                LOG.warning("pixel_jobs_without_executor", jobs=self.journal.pixel_job_count())
+            return
+        if self.executor.lost_on_restart:
+            self.journal.reschedule_pixel_jobs(0.0)
+        self.executor.start(self.complete_pixel_job)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.executor is not None:
+            self.executor.stop(timeout)
 
     # --- assembly ------------------------------------------------------------------------------
 
@@ -134,15 +212,21 @@ class Pipeline:
         `progress` is called after each instance (a liveness heartbeat through long studies)."""
         now = time.time() if now is None else now
         cutoff = now - self.cfg.storage.study_stable_seconds
-        handled = 0
+        handled = self.resubmit_due(now) if self.executor is not None else 0
         for skey in self.journal.stable_studies(cutoff):
             if stop is not None and stop.is_set():
                 break
             result = self.process_study(skey, progress)
-            handled += result.queued + result.quarantined
+            handled += result.queued + result.quarantined + result.editing
         return handled
 
     def process_study(
+        self, study_key: str, progress: Callable[[], None] | None = None
+    ) -> StudyResult:
+        with self._lock:
+            return self._process_study(study_key, progress)
+
+    def _process_study(
         self, study_key: str, progress: Callable[[], None] | None = None
     ) -> StudyResult:
         result = StudyResult()
@@ -245,13 +329,13 @@ class Pipeline:
         self.events.emit(
             StageCompleted(Stage.DEIDENTIFY, route.name, time.perf_counter() - started)
         )
+        if not row.override.get("accept_pixels") and route.pixels in self._async_steps:
+            self._start_pixel_job(row, route, original, data, result)
+            return route.name
         if not row.override.get("accept_pixels"):
             started = time.perf_counter()
-            context = PixelContext(
-                route.name,
-                row.study_key,
-                self._seed(original),
-                waive_gate=bool(row.override.get("waive_gate")),
+            context = self._context(
+                original, route.name, row.study_key, bool(row.override.get("waive_gate"))
             )
             try:
                 outcome = self._pixel_steps[route.pixels].process(original, deidentified, context)
@@ -299,9 +383,214 @@ class Pipeline:
             LOG.warning("released_route_unknown", route=str(forced))
         return self.router.route(ds, RouteContext(row.calling_ae, row.called_ae))
 
-    def _seed(self, ds: Dataset) -> int:
-        uid = str(ds.get("SOPInstanceUID", ""))
-        return int.from_bytes(self.key.hmac("pixel-seed", uid.encode())[:8], "big")
+    # --- pixel context --------------------------------------------------------------------------
+
+    def _context(
+        self, original: Dataset, route: str, study_key: str, waive_gate: bool = False
+    ) -> PixelContext:
+        """Seeds keyed on the project key, the original SOP Instance UID and the route (a retry,
+        another worker or another site with the same key draws the same noise)."""
+        uid = str(original.get("SOPInstanceUID", ""))
+
+        def derive(*parts: str | bytes | int) -> int:
+            return derive_seed(self.key, uid, route, *parts)
+
+        return PixelContext(route, study_key, derive(), derive, self.derived_uid, waive_gate)
+
+    def _find_uid_mapper(self) -> Callable[[str, str], str]:
+        """The pseudonymizer's `derived_uid` (one key: every profile's de-identifier maps alike);
+        a de-identifier without one (a test's) gets the key's own Pseudonymizer."""
+        from deid_core.pseudonyms import Pseudonymizer
+
+        for deidentifier in self._deidentifiers.values():
+            pseudonymizer = getattr(deidentifier, "pseudonymizer", None)
+            mapper = getattr(pseudonymizer, "derived_uid", None)
+            if callable(mapper):
+                return mapper
+        return Pseudonymizer(self.key).derived_uid
+
+    # --- pixel jobs ------------------------------------------------------------------------------
+
+    def _start_pixel_job(
+        self, row: InstanceRow, route: Route, original: Dataset, data: bytes, result: StudyResult
+    ) -> None:
+        step = self._async_steps[route.pixels]
+        job_id = uuid.uuid4().hex
+        try:
+            job = step.prepare(original, self._context(original, route.name, row.study_key), job_id)
+        except PermanentError as exc:
+            self._quarantine(
+                row,
+                data,
+                QuarantineReason.PIXEL_STEP_FAILED,
+                route.name,
+                result,
+                {"error": _safe_error(exc)},
+            )
+            return
+        self.journal.add_pixel_job(row.id, job_id, route.name, due_at=time.time())
+        self._submit(job, 0)
+        result.editing += 1
+
+    def _submit(self, job: PixelJob, attempts_before: int) -> bool:
+        """Hand a journaled job to the executor; False when it could not take it (it is tried
+        again after the executor's retry delay, without counting an attempt)."""
+        assert self.executor is not None
+        executor = self.executor
+        try:
+            executor.submit(replace(job, attempt=attempts_before + 1))
+        except RetryableError as exc:
+            self.journal.pixel_job_deferred(job.job_id, time.time() + executor.retry_delay_s)
+            LOG.warning("pixel_job_deferred", route=job.route, error=_safe_error(exc))
+            return False
+        timeout = executor.result_timeout_s
+        due = _NEVER if timeout == float("inf") else time.time() + timeout
+        self.journal.pixel_job_submitted(job.job_id, attempts_before + 1, due)
+        return True
+
+    def resubmit_due(self, now: float | None = None) -> int:
+        """Submit again the jobs that are due (result timed out, or the broker refused them);
+        quarantine those out of attempts. Returns the number of instances finished here."""
+        now = time.time() if now is None else now
+        finished = 0
+        with self._lock:
+            for job_row in self.journal.pixel_jobs_due(now):
+                outcome = self._resubmit(job_row)
+                if outcome is None:
+                    break  # the executor refuses work: try the rest later
+                finished += outcome
+        return finished
+
+    def _resubmit(self, job_row: PixelJobRow) -> int | None:
+        assert self.executor is not None
+        row = self.journal.instance(job_row.instance_id)
+        if row is None or row.state != InstanceState.EDITING.value:
+            LOG.error("pixel_job_orphaned", route=job_row.route)
+            return 0
+        scratch = StudyResult()
+        try:
+            data = self.spool.read(row.spool_path)
+        except FileNotFoundError:
+            LOG.error("spool_file_missing", study_key=row.study_key, instance=row.id)
+            return 0
+        if job_row.attempts >= self.executor.max_attempts:
+            self._quarantine(
+                row,
+                data,
+                QuarantineReason.PIXEL_STEP_FAILED,
+                job_row.route,
+                scratch,
+                {"error": "no result from the executor", "attempts": job_row.attempts},
+            )
+            return 1
+        route = self.router.by_name(job_row.route)
+        step = self._async_steps.get(route.pixels) if route is not None else None
+        try:
+            if route is None or step is None:
+                raise PermanentError(f"route {job_row.route!r} no longer runs a pixel job")
+            original = pydicom.dcmread(io.BytesIO(data))
+            context = self._context(original, route.name, row.study_key)
+            job = step.prepare(original, context, job_row.job_id)
+        except Exception as exc:
+            self._quarantine(
+                row,
+                data,
+                QuarantineReason.PIXEL_STEP_FAILED,
+                job_row.route,
+                scratch,
+                {"error": _safe_error(exc)},
+            )
+            return 1
+        LOG.info("pixel_job_resubmitted", route=route.name, attempts=job_row.attempts)
+        return 0 if self._submit(job, job_row.attempts) else None
+
+    def complete_pixel_job(self, result: PixelResult) -> None:
+        """A pixel job's result (from the executor's thread): finish its instance, once."""
+        with self._lock:
+            self._complete(result)
+
+    def _complete(self, result: PixelResult) -> None:
+        job_row = self.journal.pixel_job(result.job_id)
+        if job_row is None:
+            LOG.info("pixel_result_ignored", route=result.route, why="no open job (duplicate)")
+            return
+        row = self.journal.instance(job_row.instance_id)
+        if row is None or row.state != InstanceState.EDITING.value:
+            LOG.info("pixel_result_ignored", route=result.route, why="instance moved on")
+            return
+        assert self.executor is not None
+        if (
+            result.status == "failed"
+            and result.retryable
+            and job_row.attempts < self.executor.max_attempts
+        ):
+            LOG.warning("pixel_job_failed_retrying", route=job_row.route, error=result.reason)
+            self.journal.pixel_job_deferred(job_row.job_id, time.time())
+            return
+        scratch = StudyResult()
+        try:
+            data = self.spool.read(row.spool_path)
+        except FileNotFoundError:
+            LOG.error("spool_file_missing", study_key=row.study_key, instance=row.id)
+            return
+        route = self.router.by_name(job_row.route)
+        step = self._async_steps.get(route.pixels) if route is not None else None
+        if result.status != "failed":
+            self._observe(job_row.route, result)
+        reason = QuarantineReason.PIXEL_STEP_FAILED
+        try:
+            if route is None or step is None:
+                raise PermanentError(f"route {job_row.route!r} no longer runs a pixel job")
+            original = pydicom.dcmread(io.BytesIO(data))
+            reason = QuarantineReason.DEIDENTIFICATION_FAILED
+            deidentified = self._deidentifiers[route.profile].deidentify(original)
+            reason = QuarantineReason.PIXEL_STEP_FAILED
+            context = self._context(
+                original, route.name, row.study_key, bool(row.override.get("waive_gate"))
+            )
+            outcome = step.complete(original, deidentified, result, context)
+        except PermanentError as exc:
+            self._quarantine(row, data, reason, job_row.route, scratch, {"error": _safe_error(exc)})
+            return
+        if isinstance(outcome, PixelRejected):
+            self._quarantine(
+                row,
+                data,
+                outcome.reason,
+                route.name,
+                scratch,
+                dict(outcome.details),
+                dict(outcome.artifacts),
+                rejected=True,
+            )
+            return
+        assert isinstance(outcome, PixelAccepted)
+        encoded = _encode(outcome.dataset)
+        copies = [
+            (dest, self.outbox.put(dest, row.study_key, encoded)) for dest in route.destinations
+        ]
+        self.journal.mark_queued_many([(row.id, route.name, copies)], row.study_key)
+        self.events.emit(StudyRouted(study_key=row.study_key, route=route.name, instances=1))
+        LOG.info(
+            "photograph_queued",
+            study_key=row.study_key,
+            route=route.name,
+            gate=result.reason,
+            attempts=job_row.attempts,
+        )
+        if self.on_queued is not None:
+            self.on_queued()
+
+    def _observe(self, route: str, result: PixelResult) -> None:
+        self.events.emit(StageCompleted(Stage.EDIT, route, result.edit_seconds))
+        self.events.emit(StageCompleted(Stage.GATE, route, result.gate_seconds))
+        iou = result.details.get("iou")
+        self.events.emit(
+            LesionGateDecided(route, result.reason, float(iou) if iou is not None else None)
+        )
+        frames = result.details.get("frames", 1)
+        n = int(frames) if isinstance(frames, int | float) and frames else 1
+        self.events.emit(GpuWork(route, result.model_seconds / n))
 
 
 def _safe_error(exc: BaseException) -> str:

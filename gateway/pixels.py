@@ -27,8 +27,15 @@ from gateway.events import QuarantineReason
 class PixelContext:
     route: str
     study_key: str
-    #: Deterministic per instance and project key, for steps that draw random noise.
+    #: Deterministic per instance and project key, for steps that draw random noise:
+    #: `deid_core.seeds.derive_seed(key, original SOP Instance UID, route)`.
     seed: int
+    #: More seeds of this instance: derive_seed(key, original SOP Instance UID, route, *parts),
+    #: e.g. ("identity", frame) for the edit and ("twin", frame) for the lesion gate's twins.
+    derive_seed: Callable[..., int] | None = None
+    #: The keyed UID of something made from an original UID (`derived_uid(uid, purpose)`, the
+    #: pseudonymizer's mapping), e.g. the SOP Instance UID of an edited photograph.
+    derived_uid: Callable[[str, str], str] | None = None
     #: A reviewer released this instance from quarantine accepting the step's result despite its
     #: gate (e.g. a lesion IoU below threshold): a gating step must still do its work (edit the
     #: pixels, deterministically as before) and accept the result instead of rejecting it.
@@ -92,6 +99,13 @@ class QuarantineBurnedIn:
 
 PixelStepFactory = Callable[[GatewayConfig], PixelStep]
 
+
+def _flowedit(cfg: GatewayConfig) -> PixelStep:
+    from gateway.photo import build_flowedit_step  # torch and the models: only when a route asks
+
+    return build_flowedit_step(cfg)
+
+
 #: The built-in steps, which load no model. Any other step (e.g. "flowedit") is taken to load one
 #: when it is built: the pipeline reports its load time (`ModelLoaded`) and the node adds a
 #: `model_loaded` readiness check. A step may also offer its own readiness checks by defining
@@ -103,6 +117,7 @@ MODEL_FREE_STEPS = frozenset({"none", "quarantine_burned_in"})
 _FACTORIES: dict[str, PixelStepFactory] = {
     "none": lambda cfg: NoPixelStep(),
     "quarantine_burned_in": lambda cfg: QuarantineBurnedIn(),
+    "flowedit": _flowedit,
 }
 
 

@@ -24,6 +24,10 @@ def serve(config: Annotated[Path, CONFIG_OPTION]) -> None:
     cfg = load_config(config)
     configure_logging(cfg.logging.level, cfg.logging.format)
     key = cfg.load_key()
+    if cfg.executor.kind == "local" and any(r.pixels == "flowedit" for r in cfg.routes):
+        from gateway.commands.model import offline_ml_environment
+
+        offline_ml_environment()  # the models load in this process
     node = GatewayNode(cfg, key)
     try:
         node.start()

@@ -134,6 +134,8 @@ def test_reviewer_releases_a_quarantined_photograph_to_the_archive_from_the_brow
                 "match": {"modality": ["XC"]},
                 "pixels": "flowedit",
                 "destinations": ["archive"],
+                # settings the real step needs; the toy gate ignores them
+                "flowedit": {"model": "unused", "source_prompt": "a", "target_prompt": "b"},
             },
             {
                 "name": "radiology",

@@ -220,7 +220,15 @@ def test_a_route_with_a_model_adds_model_loaded(
     cfg = _config(
         tmp_path,
         {"archive": destination("127.0.0.1", port, "ARCHIVE")},
-        routes=[{"name": "photos", "pixels": "flowedit", "destinations": ["archive"]}],
+        routes=[
+            {
+                "name": "photos",
+                "pixels": "flowedit",
+                "destinations": ["archive"],
+                # settings the real step needs; the stand-in step ignores them
+                "flowedit": {"model": "unused", "source_prompt": "a", "target_prompt": "b"},
+            }
+        ],
     )
     with running_node(cfg) as (node, _):
         status, body = get_json(_url(node, "/readyz"))

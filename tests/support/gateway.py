@@ -134,11 +134,13 @@ class EventRecorder:
 
 
 @contextmanager
-def running_node(cfg: GatewayConfig) -> Iterator[tuple[GatewayNode, EventRecorder]]:
+def running_node(
+    cfg: GatewayConfig, key_text: str = KEY_TEXT, **node_options: Any
+) -> Iterator[tuple[GatewayNode, EventRecorder]]:
     bus = EventBus()
     recorder = EventRecorder()
     bus.subscribe(recorder)
-    node = GatewayNode(cfg, ProjectKey(KEY_TEXT.encode()), bus, drain_timeout=10)
+    node = GatewayNode(cfg, ProjectKey(key_text.encode()), bus, drain_timeout=10, **node_options)
     node.start()
     try:
         yield node, recorder
