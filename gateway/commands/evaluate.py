@@ -30,7 +30,7 @@ DEFAULT_HEALTHY_PROMPT = "a clinical photograph of healthy normal skin"
 
 if TYPE_CHECKING:
     from deid_core.evaluation import EvaluationResult, LesionJudge, Method
-    from gateway.config import GatewayConfig
+    from gateway.config import FlowEditRouteConfig, GatewayConfig
 
 #: The evaluation pulls in scikit-image, SciPy and matplotlib (~2 s): imported when the command
 #: runs, not when `deid-gateway` starts for another command.
@@ -184,25 +184,21 @@ def _judge(
     raise ConfigError(f"--mask {kind!r}: expected one of {', '.join(MASKS)}")
 
 
-def _check_route(cfg: GatewayConfig, config: Path, route: str, model: Path | None) -> None:
-    """The route must exist and edit photographs. Its FlowEdit settings (model, prompts,
-    parameters) are not part of the configuration yet, so they come from the command line."""
+def _route_flowedit(cfg: GatewayConfig, config: Path, route: str) -> FlowEditRouteConfig:
+    """The route must exist and edit photographs; its `flowedit` section (model, prompts,
+    parameters, lesion gate) is what the evaluation runs, unless the command line says otherwise."""
     names = [r.name for r in cfg.routes]
     chosen = next((r for r in cfg.routes if r.name == route), None)
     if chosen is None:
         raise ConfigError(
             f"--route {route}: no such route in {config} (routes: {', '.join(names) or 'none'})"
         )
-    if chosen.pixels != "flowedit":
+    if chosen.pixels != "flowedit" or chosen.flowedit is None:
         raise ConfigError(
             f"--route {route}: its pixel step is {chosen.pixels!r}; evaluate measures routes that "
             "edit photographs (pixels: flowedit)"
         )
-    if model is None:
-        raise ConfigError(
-            f"--route {route}: the configuration does not carry FlowEdit settings yet; give "
-            "--model, --source-prompt and --target-prompt (and --flowedit KEY=VALUE)"
-        )
+    return chosen.flowedit
 
 
 def _check_report_dir(report: Path) -> None:
@@ -247,8 +243,11 @@ def evaluate_command(
         typer.Option("--flowedit", help="FlowEdit parameter KEY=VALUE (repeatable), e.g. n_max=24"),
     ] = None,
     device: Annotated[
-        str, typer.Option("--device", help="torch device for the model: cpu, cuda or auto")
-    ] = "auto",
+        str | None,
+        typer.Option(
+            "--device", help="torch device for the model: cpu, cuda or auto (default: the route's)"
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option("--threads", help="CPU threads for torch (1 is fastest on a busy machine)"),
@@ -262,25 +261,30 @@ def evaluate_command(
         ),
     ] = DEFAULT_BASELINES,
     mask: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--mask",
             help="how the gate finds the lesion: synthesis-free, twin (healthy twins by FlowEdit "
-            "on --model) or otsu-a (the naive a* reference)",
+            "on --model) or otsu-a (the naive a* reference); default: the route's gate, "
+            "else synthesis-free",
         ),
-    ] = "synthesis-free",
+    ] = None,
     gate_threshold: Annotated[
-        float, typer.Option("--gate-threshold", help="lesion IoU the gate requires")
-    ] = 0.67,
+        float | None,
+        typer.Option("--gate-threshold", help="lesion IoU the gate requires (default 0.67)"),
+    ] = None,
     twin_size: Annotated[
-        int, typer.Option("--twin-size", help="longer side of the healthy twins (--mask twin)")
-    ] = 512,
+        int | None,
+        typer.Option("--twin-size", help="longer side of the healthy twins (--mask twin; 512)"),
+    ] = None,
     lesion_prompt: Annotated[
-        str, typer.Option("--lesion-prompt", help="source prompt of the healthy-twin edit")
-    ] = DEFAULT_LESION_PROMPT,
+        str | None,
+        typer.Option("--lesion-prompt", help="source prompt of the healthy-twin edit"),
+    ] = None,
     healthy_prompt: Annotated[
-        str, typer.Option("--healthy-prompt", help="target prompt of the healthy-twin edit")
-    ] = DEFAULT_HEALTHY_PROMPT,
+        str | None,
+        typer.Option("--healthy-prompt", help="target prompt of the healthy-twin edit"),
+    ] = None,
     max_side: Annotated[
         int | None,
         typer.Option("--max-side", help="scale photographs down to this long side on reading"),
@@ -321,22 +325,23 @@ def evaluate_command(
         raise ConfigError("--max-side must be at least 64")
     if limit is not None and limit < 2:
         raise ConfigError("--limit must be at least 2 (linkage needs photographs to confuse)")
-    if not 0 < gate_threshold <= 1:
+    if gate_threshold is not None and not 0 < gate_threshold <= 1:
         raise ConfigError("--gate-threshold must lie in (0, 1]")
-    if twin_size < 64:
+    if twin_size is not None and twin_size < 64:
         raise ConfigError("--twin-size must be at least 64")
     if threads is not None and threads < 1:
         raise ConfigError("--threads must be at least 1")
     _check_report_dir(report)
 
     project_key: ProjectKey | None = None
+    chosen: FlowEditRouteConfig | None = None
     config_dump: dict[str, Any] | None = None
     if config is not None:
         cfg = load_config(config)
         project_key = cfg.load_key()
         config_dump = cfg.model_dump(mode="json")
         if route is not None:
-            _check_route(cfg, config, route, model)
+            chosen = _route_flowedit(cfg, config, route)
     elif route is not None:
         raise ConfigError("--route needs --config (the file that defines the route)")
     elif key is not None:
@@ -353,6 +358,25 @@ def evaluate_command(
             raise ConfigError(f"--baselines: {exc}") from None
     models: dict[str, dict[str, Any]] = {}
     overrides = _parse_overrides(flowedit or [])
+    if chosen is not None:
+        # the route's settings, each overridden by what the command line gives
+        model = model or chosen.model
+        source_prompt = source_prompt or chosen.source_prompt
+        target_prompt = target_prompt or chosen.target_prompt
+        overrides = {**chosen.params, **overrides}
+        device = device or chosen.device
+        gate = chosen.gate
+        mask = mask or ("twin" if gate.method == "twin" else "synthesis-free")
+        gate_threshold = gate.threshold if gate_threshold is None else gate_threshold
+        twin_size = twin_size or gate.twin_max_side
+        lesion_prompt = lesion_prompt or gate.twin_source_prompt
+        healthy_prompt = healthy_prompt or gate.twin_target_prompt
+    device = device or "auto"
+    mask = mask or "synthesis-free"
+    gate_threshold = 0.67 if gate_threshold is None else gate_threshold
+    twin_size = twin_size or 512
+    lesion_prompt = lesion_prompt or DEFAULT_LESION_PROMPT
+    healthy_prompt = healthy_prompt or DEFAULT_HEALTHY_PROMPT
     if model is None and (overrides or source_prompt or target_prompt):
         raise ConfigError("--source-prompt, --target-prompt and --flowedit need --model")
     if model is None and not methods:

@@ -37,21 +37,35 @@ def test_report_folder_rules(tmp_path: Path) -> None:
 
 
 def test_route_must_exist_and_edit_photographs(key_file: Path, tmp_path: Path) -> None:
+    """`--route` names a route of the YAML; its `flowedit` section is what gets evaluated."""
     cfg = parse_config(
         {
             "project": {"key": {"file": str(key_file)}},
             "destinations": {"archive": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": 104}},
             "routes": [
                 {"name": "radiology", "destinations": ["archive"]},
-                {"name": "photos", "pixels": "flowedit", "destinations": ["archive"]},
+                {
+                    "name": "photos",
+                    "pixels": "flowedit",
+                    "destinations": ["archive"],
+                    "flowedit": {
+                        "model": str(tmp_path / "model"),
+                        "source_prompt": "a photo of a person",
+                        "target_prompt": "a photo of another person",
+                        "params": {"n_max": 24},
+                        "gate": {"method": "synthesis_free", "threshold": 0.5},
+                    },
+                },
             ],
         }
     )
     config = tmp_path / "site.yaml"
     with pytest.raises(ConfigError, match=r"no such route .*routes: radiology, photos"):
-        evaluate_command._check_route(cfg, config, "derm", tmp_path)
+        evaluate_command._route_flowedit(cfg, config, "derm")
     with pytest.raises(ConfigError, match="pixel step is 'none'"):
-        evaluate_command._check_route(cfg, config, "radiology", tmp_path)
-    with pytest.raises(ConfigError, match="give --model"):
-        evaluate_command._check_route(cfg, config, "photos", None)
-    evaluate_command._check_route(cfg, config, "photos", tmp_path)
+        evaluate_command._route_flowedit(cfg, config, "radiology")
+    chosen = evaluate_command._route_flowedit(cfg, config, "photos")
+    assert chosen.model == tmp_path / "model"
+    assert chosen.source_prompt == "a photo of a person"
+    assert chosen.params == {"n_max": 24}
+    assert chosen.gate.threshold == 0.5
