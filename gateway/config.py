@@ -230,6 +230,10 @@ class StorageConfig(StrictModel):
     min_free_bytes: int = Field(default=1 << 30, ge=0)
     #: A study is complete once no instance has arrived for this long.
     study_stable_seconds: float = Field(default=30.0, ge=0)
+    #: A study still arriving is de-identified and forwarded in batches of this many instances
+    #: as they come, without waiting for the stable age (the rest follows once the study is
+    #: stable), so a long study reaches the archive while it streams in. 0: whole studies only.
+    stream_batch: int = Field(default=50, ge=0)
 
 
 class RetryPolicy(StrictModel):

@@ -329,12 +329,22 @@ class Journal:
         )
         return [r["study_key"] for r in rows]
 
-    def received_in_study(self, study_key: str) -> list[InstanceRow]:
+    def streaming_studies(self, batch: int, limit: int = 50) -> list[str]:
+        """Studies with at least `batch` instances waiting, stable or not (streamed batches)."""
+        rows = self._query(
+            "SELECT study_key, COUNT(*) AS waiting FROM instances WHERE state=?"
+            " GROUP BY study_key HAVING waiting >= ? ORDER BY MIN(id) LIMIT ?",
+            (InstanceState.RECEIVED.value, batch, limit),
+        )
+        return [r["study_key"] for r in rows]
+
+    def received_in_study(self, study_key: str, limit: int | None = None) -> list[InstanceRow]:
+        """The study's waiting instances in arrival order (the first `limit` of them)."""
         return [
             _instance(r)
             for r in self._query(
-                "SELECT * FROM instances WHERE state=? AND study_key=? ORDER BY id",
-                (InstanceState.RECEIVED.value, study_key),
+                "SELECT * FROM instances WHERE state=? AND study_key=? ORDER BY id LIMIT ?",
+                (InstanceState.RECEIVED.value, study_key, -1 if limit is None else limit),
             )
         ]
 

@@ -218,16 +218,31 @@ class Pipeline:
                 break
             result = self.process_study(skey, progress)
             handled += result.queued + result.quarantined + result.editing
+        batch = self.cfg.storage.stream_batch
+        if batch:
+            # Studies still arriving: whole batches now, the remainder once stable.
+            for skey in self.journal.streaming_studies(batch):
+                if stop is not None and stop.is_set():
+                    break
+                result = self.process_study(skey, progress, limit=batch)
+                handled += result.queued + result.quarantined + result.editing
         return handled
 
     def process_study(
-        self, study_key: str, progress: Callable[[], None] | None = None
+        self,
+        study_key: str,
+        progress: Callable[[], None] | None = None,
+        limit: int | None = None,
     ) -> StudyResult:
+        """Process the study's waiting instances (the first `limit` of them, in arrival order)."""
         with self._lock:
-            return self._process_study(study_key, progress)
+            return self._process_study(study_key, progress, limit)
 
     def _process_study(
-        self, study_key: str, progress: Callable[[], None] | None = None
+        self,
+        study_key: str,
+        progress: Callable[[], None] | None = None,
+        limit: int | None = None,
     ) -> StudyResult:
         result = StudyResult()
         routed: Counter[str] = Counter()
@@ -235,7 +250,7 @@ class Pipeline:
         # at once (one association per study batch). A crash before the commit leaves every row
         # `received`; the copies already written are orphans, removed on start.
         staged: list[tuple[int, str, list[tuple[str, str]]]] = []
-        for row in self.journal.received_in_study(study_key):
+        for row in self.journal.received_in_study(study_key, limit):
             route_name = self._process_instance(row, result, staged)
             if route_name is not None:
                 routed[route_name] += 1
