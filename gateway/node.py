@@ -44,6 +44,7 @@ from gateway.forwarder import (
 )
 from gateway.http import ReadinessCheck
 from gateway.ingest import Ingest, adopt_orphans
+from gateway.interlock import route_pixel_steps
 from gateway.journal import InstanceState, Journal
 from gateway.logs import get_logger
 from gateway.metrics import WorkerPoolProbe
@@ -103,7 +104,9 @@ class Storage:
             journal=journal,
             spool=spool,
             outbox=Outbox(s.outbox_dir, dirsync),
-            quarantine=Quarantine(s.quarantine_dir, journal, dirsync),
+            quarantine=Quarantine(
+                s.quarantine_dir, journal, dirsync, route_pixels=route_pixel_steps(cfg)
+            ),
         )
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from deid_core.errors import PermanentError
 from gateway.events import QuarantineReason
+from gateway.interlock import release_refusal
 from gateway.journal import Journal, QuarantineRow
 from gateway.outbox import Outbox
 from gateway.spool import DirectorySync, Spool, ensure_directory, fsync_directory, write_durably
@@ -52,9 +53,17 @@ class QuarantineEntry:
 
 
 class Quarantine:
-    def __init__(self, root: Path, journal: Journal, dirsync: DirectorySync | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        journal: Journal,
+        dirsync: DirectorySync | None = None,
+        route_pixels: Mapping[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.journal = journal
+        #: route name -> pixel step, for the release checks (gateway.interlock.release_refusal)
+        self.route_pixels = dict(route_pixels) if route_pixels is not None else None
         self.dirsync = dirsync or DirectorySync()
         ensure_directory(root, self.dirsync)
         os.chmod(root, 0o700)
@@ -139,16 +148,30 @@ class Quarantine:
         route: str | None = None,
         accept_pixels: bool = False,
         waive_gate: bool = False,
+        force: bool = False,
         operator_note: str = "",
         decided_by: str = "",
     ) -> str:
         """Send an entry back in. Returns what happened, for the operator. `decided_by` (who)
-        and `operator_note` (why) are recorded with the decision."""
+        and `operator_note` (why) are recorded with the decision. Refused (QuarantineError) when
+        `gateway.interlock.release_refusal` objects: accept_pixels outside burned-in entries or
+        for a photograph on a flowedit route, a re-run onto a weaker pixel step without `force`."""
         row = self._row(entry_id)
         if row.state != "held":
             raise QuarantineError(f"entry {entry_id} is already {row.state}")
         folder = self.root / entry_id
         data = (folder / INSTANCE_FILE).read_bytes()
+        refusal = release_refusal(
+            reason=row.reason,
+            quarantined_on=row.route,
+            data=data,
+            route=route,
+            accept_pixels=accept_pixels,
+            force=force,
+            route_pixels=self.route_pixels,
+        )
+        if refusal is not None:
+            raise QuarantineError(f"entry {entry_id}: {refusal}")
         detail: dict[str, Any] = {"reason": row.reason, "note": operator_note}
         if decided_by:
             detail["by"] = decided_by
@@ -185,6 +208,7 @@ class Quarantine:
                 route=route or "",
                 accept_pixels=accept_pixels,
                 waive_gate=waive_gate,
+                force=force,
             )
             message = "sent back to the pipeline" + (f" on route {route}" if route else "")
         self.journal.close_quarantine_entry(entry_id, "released", "release", detail)
