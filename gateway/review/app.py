@@ -64,6 +64,7 @@ CSP = (
 #: Placeholders for the reason field: what a good reason looks like for each finding.
 WHY_HINTS = {
     QuarantineReason.BURNED_IN_ANNOTATION.value: "e.g. checked the image: no names or ids",
+    QuarantineReason.BURNED_IN_UNKNOWN.value: "e.g. checked the image: no names or ids",
     QuarantineReason.LESION_IOU_BELOW_THRESHOLD.value: "e.g. lesion border intact in the panel",
     QuarantineReason.LESION_VANISHED.value: "e.g. lesion still visible, mask missed it",
     QuarantineReason.DEAD_LETTER.value: "e.g. archive fixed, send again",
