@@ -391,6 +391,7 @@ class GatewayNode:
         adopted = adopt_orphans(storage.spool, storage.journal, self.key)
         outbox_orphans = storage.outbox.remove_orphans(storage.journal.live_outbox_paths())
         quarantine_orphans = storage.quarantine.remove_orphans()
+        releases_interrupted = storage.quarantine.recover_interrupted_releases()
         states = storage.journal.state_counts()
         LOG.info(
             "recovered",
@@ -398,6 +399,7 @@ class GatewayNode:
             spool_files_adopted=adopted,
             outbox_orphans_removed=outbox_orphans,
             quarantine_orphans_removed=quarantine_orphans,
+            quarantine_releases_interrupted=releases_interrupted,
             waiting=states.get("received", 0),
             queued=states.get("queued", 0),
         )
