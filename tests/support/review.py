@@ -141,6 +141,8 @@ class ToyLesionGate:
         # the record every flowedit step leaves (gateway.interlock checks it before the outbox)
         assert context.derived_uid is not None
         out.SOPInstanceUID = context.derived_uid(str(original.SOPInstanceUID), "flowedit")
+        if "MediaStorageSOPInstanceUID" in getattr(out, "file_meta", {}):
+            out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
         record_method(out, ProfileOption.CLEAN_RECOGNIZABLE_VISUAL_FEATURES, "TEST MODEL")
         return PixelAccepted(out, {"iou": round(value, 4)})
 

@@ -167,6 +167,14 @@ def test_review_station_refuses_a_rerun_onto_a_weaker_route(entries: Entries) ->
     assert response.status_code == 400
     assert "weaker pixel step" in response.text
     assert entries.state(entries.lesion) == "held"
+    # releasing a burned-in photograph of a flowedit route would accept its pixels: refused
+    response = client.post(
+        f"/quarantine/{entries.photo_burned_in}/release",
+        data={"csrf": match.group(1), "why": "no text in the picture"},
+    )
+    assert response.status_code == 400
+    assert "requires the generative edit" in response.text
+    assert entries.state(entries.photo_burned_in) == "held"
     # the same page still releases the lesion entry by waiving the gate (no accept-pixels)
     response = client.post(
         f"/quarantine/{entries.lesion}/release",
