@@ -134,6 +134,14 @@ def _strength(step: str | None) -> int:
     return PIXEL_STEP_STRENGTH.get(step, 2) if step else 2
 
 
+def weaker_route(route: str, quarantined_on: str, route_pixels: Mapping[str, str] | None) -> bool:
+    """Whether re-running on `route` would do less to the pixels than `quarantined_on` did."""
+    if not quarantined_on or route == quarantined_on:
+        return False
+    steps = route_pixels or {}
+    return _strength(steps.get(route)) < _strength(steps.get(quarantined_on))
+
+
 def release_refusal(
     *,
     reason: str,
@@ -161,14 +169,13 @@ def release_refusal(
                 f"accept-pixels is refused for a photograph on route {target or '(matched)'}, "
                 "which requires the generative edit: re-run it without accept-pixels"
             )
-    if route and quarantined_on and route != quarantined_on and not force:
+    if route and not force and weaker_route(route, quarantined_on, route_pixels):
         before, after = steps.get(quarantined_on), steps.get(route)
-        if _strength(after) < _strength(before):
-            return (
-                f"route {route} does a weaker pixel step ({after}) than route {quarantined_on}, "
-                f"on which the entry was quarantined ({before}); an operator must force it "
-                "(deid-gateway quarantine release --route ... --force)"
-            )
+        return (
+            f"route {route} does a weaker pixel step ({after}) than route {quarantined_on}, "
+            f"on which the entry was quarantined ({before}); an operator must force it "
+            "(deid-gateway quarantine release --route ... --force)"
+        )
     return None
 
 

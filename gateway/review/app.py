@@ -36,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 from deid_core.errors import InvalidInputError
 from dicom_io.preview import render_png, summarize
 from gateway.events import QuarantineReason
+from gateway.interlock import weaker_route
 from gateway.logs import get_logger
 from gateway.quarantine import INSTANCE_FILE, QuarantineError
 from gateway.review import charts
@@ -447,7 +448,12 @@ def create_app(station: ReviewStation) -> FastAPI:
             and summary.has_pixels,
             summary=summary,
             choices=choices_for(row) if held else None,
-            routes=sorted(station.routes),
+            # a re-run onto a weaker pixel step is not offered (only an operator can force it)
+            routes=sorted(
+                r
+                for r in station.routes
+                if not weaker_route(r, row.route, station.quarantine.route_pixels)
+            ),
             history=history,
             audit=audit,
             error=error,

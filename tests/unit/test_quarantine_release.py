@@ -160,6 +160,12 @@ def test_review_station_refuses_a_rerun_onto_a_weaker_route(entries: Entries) ->
     assert client.post("/login", data=login).status_code == 303
     match = CSRF.search(client.get("/quarantine").text)
     assert match is not None
+    # the page offers no weaker route for the photograph's re-run
+    page = client.get(f"/quarantine/{entries.lesion}").text
+    assert '<option value="photos">' in page and '<option value="plain">' not in page
+    ct_page = client.get(f"/quarantine/{entries.ct}").text  # quarantine_burned_in: plain is weaker
+    assert '<option value="photos">' in ct_page and '<option value="radiology">' in ct_page
+    assert '<option value="plain">' not in ct_page
     response = client.post(
         f"/quarantine/{entries.lesion}/rerun",
         data={"csrf": match.group(1), "why": "try without the edit", "route": "plain"},
