@@ -121,6 +121,17 @@ ACCEPT_PIXELS_REASONS = frozenset(
 )
 
 
+#: The only quarantine reasons whose entries may be released with the gate waived: a person saw
+#: the gate's QA panel of this very edit (the step runs again deterministically: the same edit).
+WAIVE_GATE_REASONS = frozenset(
+    {
+        QuarantineReason.LESION_VANISHED.value,
+        QuarantineReason.LESION_IOU_BELOW_THRESHOLD.value,
+        QuarantineReason.LESION_MASK_UNRELIABLE.value,
+    }
+)
+
+
 def route_pixel_steps(cfg: GatewayConfig) -> dict[str, str]:
     """Route name -> its pixel step (the default route is named "default", as the router names
     it)."""
@@ -151,6 +162,7 @@ def release_refusal(
     accept_pixels: bool,
     force: bool,
     route_pixels: Mapping[str, str] | None,
+    waive_gate: bool = False,
 ) -> str | None:
     """Why a release from quarantine must not be carried out as asked (None: it may). `route` is
     the route forced for the re-run (None: the routes are matched again); `quarantined_on` is the
@@ -169,6 +181,11 @@ def release_refusal(
                 f"accept-pixels is refused for a photograph on route {target or '(matched)'}, "
                 "which requires the generative edit: re-run it without accept-pixels"
             )
+    if waive_gate and reason not in WAIVE_GATE_REASONS:
+        return (
+            f"waive-gate is only for lesion-gate rejections "
+            f"({', '.join(sorted(WAIVE_GATE_REASONS))}); this entry's reason is {reason}"
+        )
     if route and not force and weaker_route(route, quarantined_on, route_pixels):
         before, after = steps.get(quarantined_on), steps.get(route)
         return (

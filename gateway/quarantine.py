@@ -170,7 +170,8 @@ class Quarantine:
         """Send an entry back in. Returns what happened, for the operator. `decided_by` (who)
         and `operator_note` (why) are recorded with the decision. Refused (QuarantineError) when
         `gateway.interlock.release_refusal` objects: accept_pixels outside burned-in entries or
-        for a photograph on a flowedit route, a re-run onto a weaker pixel step without `force`."""
+        for a photograph on a flowedit route, waive_gate outside lesion-gate rejections, a re-run
+        onto a weaker pixel step without `force`."""
         row = self._row(entry_id)
         if row.state != "held":
             raise _already(entry_id, row.state)
@@ -190,6 +191,7 @@ class Quarantine:
             accept_pixels=accept_pixels,
             force=force,
             route_pixels=self.route_pixels,
+            waive_gate=waive_gate,
         )
         if refusal is not None:
             raise QuarantineError(f"entry {entry_id}: {refusal}")

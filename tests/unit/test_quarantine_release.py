@@ -114,6 +114,16 @@ def test_accept_pixels_is_refused_for_a_photograph_on_a_flowedit_route(entries: 
     assert entries.state(entries.photo_burned_in) == "held"
 
 
+@pytest.mark.parametrize("which", ["ct", "failed", "photo_burned_in"])
+def test_waive_gate_is_refused_outside_lesion_gate_rejections(entries: Entries, which: str) -> None:
+    entry = getattr(entries, which)
+    with pytest.raises(QuarantineError, match="waive-gate is only for lesion-gate rejections"):
+        entries.release(entry, waive_gate=True)
+    assert entries.state(entry) == "held"
+    entries.release(entries.lesion, waive_gate=True)
+    assert entries.state(entries.lesion) == "released"
+
+
 def test_accept_pixels_for_a_burned_in_ct_is_allowed(entries: Entries) -> None:
     entries.release(entries.ct, accept_pixels=True)
     assert entries.state(entries.ct) == "released"
