@@ -551,6 +551,10 @@ class FlowEditRouteConfig(StrictModel):
         return value
 
 
+def _same_prompt(a: str, b: str) -> bool:
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
 class RouteTarget(StrictModel):
     """What happens to a matched instance: profile, pixel step, destinations."""
 
@@ -568,6 +572,14 @@ class RouteTarget(StrictModel):
             )
         if self.pixels != "flowedit" and self.flowedit is not None:
             raise ValueError("a 'flowedit' section is only used with pixels: flowedit")
+        if self.flowedit is not None and _same_prompt(
+            self.flowedit.source_prompt, self.flowedit.target_prompt
+        ):
+            # FlowEdit with equal prompts returns the photograph unchanged: no de-identification
+            raise ValueError(
+                f"route {getattr(self, 'name', 'default')!r}: flowedit source_prompt and "
+                "target_prompt are the same, so the edit would leave the photograph unchanged"
+            )
         return self
 
 

@@ -44,6 +44,10 @@ class QuarantineReason(StrEnum):
     LESION_MASK_UNRELIABLE = "lesion_mask_unreliable"
     DEAD_LETTER = "dead_letter"
     UNREADABLE = "unreadable"
+    #: a photograph on a flowedit route about to leave without the flowedit step's record
+    PHOTOGRAPH_NOT_TRANSFORMED = "photograph_not_transformed"
+    #: Burned In Annotation absent on a modality where burned-in text is common
+    BURNED_IN_UNKNOWN = "burned_in_unknown"
 
 
 class Stage(StrEnum):

@@ -44,6 +44,7 @@ from gateway.forwarder import (
 )
 from gateway.http import ReadinessCheck
 from gateway.ingest import Ingest, adopt_orphans
+from gateway.interlock import route_pixel_steps
 from gateway.journal import InstanceState, Journal
 from gateway.logs import get_logger
 from gateway.metrics import WorkerPoolProbe
@@ -103,7 +104,9 @@ class Storage:
             journal=journal,
             spool=spool,
             outbox=Outbox(s.outbox_dir, dirsync),
-            quarantine=Quarantine(s.quarantine_dir, journal, dirsync),
+            quarantine=Quarantine(
+                s.quarantine_dir, journal, dirsync, route_pixels=route_pixel_steps(cfg)
+            ),
         )
 
     def close(self) -> None:
@@ -388,6 +391,7 @@ class GatewayNode:
         adopted = adopt_orphans(storage.spool, storage.journal, self.key)
         outbox_orphans = storage.outbox.remove_orphans(storage.journal.live_outbox_paths())
         quarantine_orphans = storage.quarantine.remove_orphans()
+        releases_interrupted = storage.quarantine.recover_interrupted_releases()
         states = storage.journal.state_counts()
         LOG.info(
             "recovered",
@@ -395,6 +399,7 @@ class GatewayNode:
             spool_files_adopted=adopted,
             outbox_orphans_removed=outbox_orphans,
             quarantine_orphans_removed=quarantine_orphans,
+            quarantine_releases_interrupted=releases_interrupted,
             waiting=states.get("received", 0),
             queued=states.get("queued", 0),
         )

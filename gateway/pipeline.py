@@ -51,6 +51,7 @@ from gateway.events import (
 )
 from gateway.executors import PixelExecutor, build_executor
 from gateway.ingest import NO_STUDY
+from gateway.interlock import untransformed_photograph
 from gateway.journal import InstanceRow, InstanceState, Journal, PixelJobRow
 from gateway.logs import get_logger
 from gateway.outbox import Outbox
@@ -381,6 +382,8 @@ class Pipeline:
                 )
                 return route.name
             deidentified = outcome.dataset
+        if self._holds_untransformed_photograph(row, data, route, original, deidentified, result):
+            return route.name
         encoded = _encode(deidentified)
         copies = [
             (dest, self.outbox.put(dest, row.study_key, encoded)) for dest in route.destinations
@@ -388,6 +391,25 @@ class Pipeline:
         staged.append((row.id, route.name, copies))
         result.queued += 1
         return route.name
+
+    def _holds_untransformed_photograph(
+        self,
+        row: InstanceRow,
+        data: bytes,
+        route: Route,
+        original: Dataset,
+        outgoing: Dataset,
+        result: StudyResult,
+    ) -> bool:
+        """The photograph interlock (gateway.interlock), whatever the route's step or the
+        reviewer's override: True when the instance went to quarantine instead of the outbox."""
+        details = untransformed_photograph(route.pixels, original, outgoing, self.derived_uid)
+        if details is None:
+            return False
+        LOG.error("photograph_not_transformed", study_key=row.study_key, route=route.name)
+        reason = QuarantineReason.PHOTOGRAPH_NOT_TRANSFORMED
+        self._quarantine(row, data, reason, route.name, result, details, rejected=True)
+        return True
 
     def _route(self, row: InstanceRow, ds: Dataset) -> Route | None:
         forced = row.override.get("route")
@@ -580,6 +602,10 @@ class Pipeline:
             )
             return
         assert isinstance(outcome, PixelAccepted)
+        if self._holds_untransformed_photograph(
+            row, data, route, original, outcome.dataset, scratch
+        ):
+            return
         encoded = _encode(outcome.dataset)
         copies = [
             (dest, self.outbox.put(dest, row.study_key, encoded)) for dest in route.destinations
