@@ -611,6 +611,10 @@ class Journal:
     def known_quarantine_ids(self) -> set[str]:
         return {r[0] for r in self._query("SELECT id FROM quarantine")}
 
+    def quarantine_states(self) -> dict[str, str]:
+        """Every quarantine entry's state, by entry id."""
+        return {r[0]: r[1] for r in self._query("SELECT id, state FROM quarantine")}
+
     def close_quarantine_entry(
         self, entry_id: str, state: str, action: str, detail: dict[str, Any]
     ) -> None:

@@ -111,12 +111,20 @@ class Quarantine:
 
     def remove_orphans(self) -> int:
         """Folders without a journal entry were being written when the process died; the
-        instance is still in its previous state and will be processed again."""
-        known = self.journal.known_quarantine_ids()
+        instance is still in its previous state and will be processed again. Folders of entries
+        already released or purged outlived their decision (the process died between recording
+        it and shredding them): they hold the original, so they are shredded now."""
+        states = self.journal.quarantine_states()
         removed = 0
         for folder in self.root.glob("q-*"):
-            if folder.is_dir() and folder.name not in known:
+            if not folder.is_dir():
+                continue
+            state = states.get(folder.name)
+            if state is None:
                 shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+            elif state in ("released", "purged"):
+                self._shred(folder)
                 removed += 1
         return removed
 

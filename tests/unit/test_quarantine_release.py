@@ -199,3 +199,21 @@ def test_review_station_refuses_a_rerun_onto_a_weaker_route(entries: Entries) ->
     assert response.status_code == 303
     [waiting] = [r for r in entries.storage.journal.received_in_study("1" * 64) if r.override]
     assert waiting.override == {"released_from": entries.lesion, "waive_gate": True}
+
+
+def test_a_decided_entry_whose_files_outlived_a_crash_is_shredded_on_start(
+    entries: Entries,
+) -> None:
+    """The decision is recorded before the folder is shredded; a crash in between must not leave
+    the original (PHI) in a released entry's folder for ever."""
+    q, journal = entries.storage.quarantine, entries.storage.journal
+    kept = q.root / entries.ct
+    held = q.root / entries.lesion
+    assert kept.is_dir() and held.is_dir()
+    # the state a crash between close_quarantine_entry and _shred leaves behind
+    journal.close_quarantine_entry(entries.ct, "released", "release", {"note": "crash test"})
+    assert kept.is_dir()
+    assert q.remove_orphans() == 1
+    assert not kept.exists()
+    assert held.is_dir() and any(held.iterdir())  # undecided entries keep everything
+    assert entries.state(entries.lesion) == "held"
