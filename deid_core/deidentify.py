@@ -32,6 +32,7 @@ from deid_core import iod
 from deid_core.actions import Action, resolve
 from deid_core.clean import clean_text
 from deid_core.dates import shift_values
+from deid_core.encapsulated import strip_pixel_data
 from deid_core.errors import InvalidInputError
 from deid_core.keys import ProjectKey
 from deid_core.options import BASIC_PROFILE_CODE, OPTION_CODES, TABLE_COLUMNS, ProfileOption
@@ -67,6 +68,10 @@ _PATIENT_NAME = 0x00100010
 _SOP_CLASS = 0x00080016
 _SOP_INSTANCE = 0x00080018
 _STUDY_UID = 0x0020000D
+_PIXEL_DATA = 0x7FE00010
+_EXTENDED_OFFSETS = 0x7FE00001
+_EXTENDED_LENGTHS = 0x7FE00002
+_NUMBER_OF_FRAMES = 0x00280008
 
 _ACTIONS = {a.value: a for a in Action}
 _MODE_CATEGORIES = frozenset({Category.KEEP, Category.CODE, Category.TEXT})
@@ -176,6 +181,9 @@ class _Run:
         pid_elem = src.get_item(_PATIENT_ID) if _PATIENT_ID in src else None
         self.patient_id = self._text(src, pid_elem) if pid_elem is not None else ""
         self.encoding = _encoding(src)
+        meta = getattr(src, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID", "") if meta is not None else ""
+        self.transfer_syntax = str(syntax or "").strip(" \x00")
         self.shift: int | None = None
         if deid.profile.has(ProfileOption.RETAIN_LONGITUDINAL_MODIFIED_DATES):
             self.shift = self.pseudo.date_shift_days(self.patient_id)
@@ -264,6 +272,7 @@ class _Run:
                     and rule.vr != "SQ"
                     and type(elem) is RawDataElement
                     and elem.VR != "SQ"
+                    and tag != _PIXEL_DATA
                 ):
                     out_dict[key] = elem
                     continue
@@ -286,7 +295,11 @@ class _Run:
             if action is Action.REMOVE:
                 continue
             vr = _vr_of(rule, elem)
-            new = self._apply(src, tag, elem, vr, action, rule, depth, mode, path)
+            new: DataElement | RawDataElement | None
+            if tag == _PIXEL_DATA and action is Action.KEEP:
+                new = self._pixel_data(src, out, elem)
+            else:
+                new = self._apply(src, tag, elem, vr, action, rule, depth, mode, path)
             if new is None:
                 if self.trace is not None:
                     d = self.trace[slot]
@@ -367,6 +380,40 @@ class _Run:
         if action is Action.UID:
             return self._make(tag, vr, self._uids(self._text(src, elem)))
         return self._clean(src, tag, elem, vr, rule, depth)
+
+    def _pixel_data(
+        self, src: Dataset, out: Dataset, elem: DataElement | RawDataElement
+    ) -> DataElement | RawDataElement:
+        """Pixel Data, with comments and application segments cut out of every compressed frame
+        (`deid_core.encapsulated`: byte surgery, the decoded pixels stay identical)."""
+        value = elem.value
+        if isinstance(elem, RawDataElement):
+            encapsulated = elem.length == 0xFFFFFFFF
+        else:
+            encapsulated = bool(elem.is_undefined_length)
+        if not encapsulated or not isinstance(value, bytes):
+            return _keep(elem)
+        frames_text = (
+            self._text(src, src.get_item(_NUMBER_OF_FRAMES)) if _NUMBER_OF_FRAMES in src else ""
+        )
+        try:
+            frames = int(frames_text.split("\\")[0] or 1)
+        except ValueError:
+            frames = 1
+        extended = None
+        if _EXTENDED_OFFSETS in src and _EXTENDED_LENGTHS in src:
+            offsets = self._raw_bytes(src, src.get_item(_EXTENDED_OFFSETS))
+            lengths = self._raw_bytes(src, src.get_item(_EXTENDED_LENGTHS))
+            extended = (offsets, lengths) if offsets and lengths else None
+        result = strip_pixel_data(value, self.transfer_syntax, frames, extended)
+        if result is None:
+            return _keep(elem)
+        data, tables = result
+        if tables is not None:
+            out[_EXTENDED_OFFSETS] = DataElement(_EXTENDED_OFFSETS, "OV", tables[0])
+            out[_EXTENDED_LENGTHS] = DataElement(_EXTENDED_LENGTHS, "OV", tables[1])
+        new = DataElement(_PIXEL_DATA, "OB", data, is_undefined_length=True)
+        return new
 
     @staticmethod
     def _empty(vr: str) -> Any:
