@@ -68,6 +68,9 @@ _PATIENT_NAME = 0x00100010
 _SOP_CLASS = 0x00080016
 _SOP_INSTANCE = 0x00080018
 _STUDY_UID = 0x0020000D
+_BIRTH_DATE = 0x00100030
+_ISSUER = 0x00100021
+_ISSUER_QUALIFIERS = 0x00100024
 _PIXEL_DATA = 0x7FE00010
 _EXTENDED_OFFSETS = 0x7FE00001
 _EXTENDED_LENGTHS = 0x7FE00002
@@ -180,13 +183,52 @@ class _Run:
         self.types = iod.iod_types(sop_class)
         pid_elem = src.get_item(_PATIENT_ID) if _PATIENT_ID in src else None
         self.patient_id = self._text(src, pid_elem) if pid_elem is not None else ""
+        #: Who the patient is, for every patient pseudonym (see Pseudonymizer.patient_identity).
+        self.identity: dict[str, str] = {
+            "issuer": self._issuer(src) or deid.default_issuer,
+            "name": self._text(src, src.get_item(_PATIENT_NAME)) if _PATIENT_NAME in src else "",
+            "birth_date": (
+                self._text(src, src.get_item(_BIRTH_DATE)) if _BIRTH_DATE in src else ""
+            ),
+            "study_uid": self._text(src, src.get_item(_STUDY_UID)) if _STUDY_UID in src else "",
+        }
+        self.subject_id = self.pseudo.patient_id(
+            self.patient_id,
+            self.identity["issuer"],
+            name=self.identity["name"],
+            birth_date=self.identity["birth_date"],
+            study_uid=self.identity["study_uid"],
+        )
         self.encoding = _encoding(src)
         meta = getattr(src, "file_meta", None)
         syntax = meta.get("TransferSyntaxUID", "") if meta is not None else ""
         self.transfer_syntax = str(syntax or "").strip(" \x00")
         self.shift: int | None = None
         if deid.profile.has(ProfileOption.RETAIN_LONGITUDINAL_MODIFIED_DATES):
-            self.shift = self.pseudo.date_shift_days(self.patient_id)
+            self.shift = self.pseudo.date_shift_days(
+                self.patient_id,
+                self.identity["issuer"],
+                name=self.identity["name"],
+                birth_date=self.identity["birth_date"],
+                study_uid=self.identity["study_uid"],
+            )
+
+    def _issuer(self, src: Dataset) -> str:
+        """Issuer of Patient ID, else the Universal or Local Namespace Entity ID of its
+        qualifiers; "" when the instance names none."""
+        if _ISSUER in src:
+            issuer = self._text(src, src.get_item(_ISSUER)).strip()
+            if issuer:
+                return issuer
+        if _ISSUER_QUALIFIERS in src:
+            items = self._value(src, src.get_item(_ISSUER_QUALIFIERS))
+            for item in items or ():
+                for tag in (0x00400032, 0x00400031):
+                    if isinstance(item, Dataset) and tag in item:
+                        text = self._text(item, item.get_item(tag)).strip()
+                        if text:
+                            return text
+        return ""
 
     # --- reading values -------------------------------------------------------------------
 
@@ -367,10 +409,9 @@ class _Run:
         if vr == "SQ" or elem.VR == "SQ":
             return self._sequence(src, tag, elem, action, depth, mode, path)
         if tag == _PATIENT_ID and action in (Action.ZERO, Action.DUMMY):
-            return self._make(tag, "LO", self.pseudo.patient_id(self.patient_id))
+            return self._make(tag, "LO", self.subject_id)
         if tag == _PATIENT_NAME and action in (Action.ZERO, Action.DUMMY):
-            name = self._text(src, elem)
-            return self._make(tag, "PN", self.pseudo.patient_name(self.patient_id, name))
+            return self._make(tag, "PN", self.subject_id)
         if action is Action.KEEP:
             return _keep(elem)
         if action is Action.ZERO:
@@ -630,8 +671,11 @@ class Deidentifier:
         *,
         patient_id_prefix: str = "SUBJ-",
         max_shift_days: int = 3652,
+        default_issuer: str = "",
     ) -> None:
         self.profile = profile
+        #: Issuer of Patient ID assumed for instances that name none (the site's own IDs).
+        self.default_issuer = default_issuer.strip()
         self.key = key
         self.trial = trial
         self.pseudonymizer = Pseudonymizer(key, patient_id_prefix, max_shift_days)
@@ -643,6 +687,7 @@ class Deidentifier:
             "trial": self.trial,
             "prefix": self.pseudonymizer.patient_id_prefix,
             "shift": self.pseudonymizer.max_shift_days,
+            "issuer": self.default_issuer,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -652,6 +697,7 @@ class Deidentifier:
             state["trial"],
             patient_id_prefix=state["prefix"],
             max_shift_days=state["shift"],
+            default_issuer=state.get("issuer", ""),
         )
 
     @staticmethod
@@ -784,7 +830,7 @@ class Deidentifier:
                 out,
                 "ClinicalTrialSubjectID",
                 "LO",
-                self.pseudonymizer.patient_id(run.patient_id),
+                run.subject_id,
             )
 
     @staticmethod
