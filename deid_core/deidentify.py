@@ -31,6 +31,7 @@ from pydicom.uid import UID, UID_dictionary
 from deid_core import iod
 from deid_core.actions import Action, resolve
 from deid_core.clean import clean_text
+from deid_core.codes import verified_meaning
 from deid_core.dates import shift_values
 from deid_core.encapsulated import strip_pixel_data
 from deid_core.errors import InvalidInputError
@@ -72,6 +73,7 @@ _BIRTH_DATE = 0x00100030
 _ISSUER = 0x00100021
 _ISSUER_QUALIFIERS = 0x00100024
 _PIXEL_DATA = 0x7FE00010
+_CODE_MEANING = 0x00080104
 _EXTENDED_OFFSETS = 0x7FE00001
 _EXTENDED_LENGTHS = 0x7FE00002
 _NUMBER_OF_FRAMES = 0x00280008
@@ -340,6 +342,8 @@ class _Run:
             new: DataElement | RawDataElement | None
             if tag == _PIXEL_DATA and action is Action.KEEP:
                 new = self._pixel_data(src, out, elem)
+            elif tag == _CODE_MEANING and action is Action.KEEP:
+                new = self._code_meaning(src, elem)
             else:
                 new = self._apply(src, tag, elem, vr, action, rule, depth, mode, path)
             if new is None:
@@ -421,6 +425,27 @@ class _Run:
         if action is Action.UID:
             return self._make(tag, vr, self._uids(self._text(src, elem)))
         return self._clean(src, tag, elem, vr, rule, depth)
+
+    def _code_meaning(
+        self, src: Dataset, elem: DataElement | RawDataElement
+    ) -> DataElement | RawDataElement:
+        """A kept Code Meaning only when it is the standard meaning of its code
+        (`deid_core.codes`); else the standard meaning, else the meaning cleaned."""
+        scheme = self._text(src, src.get_item(0x00080102)) if 0x00080102 in src else ""
+        value = ""
+        for tag in (0x00080100, 0x00080119, 0x00080120):
+            if tag in src:
+                value = self._text(src, src.get_item(tag))
+                if value:
+                    break
+        meaning = self._text(src, elem)
+        verified = verified_meaning(scheme, value, meaning)
+        if verified == meaning:
+            return _keep(elem)
+        if verified:
+            return self._make(_CODE_MEANING, "LO", verified)
+        cleaned = clean_text(meaning)
+        return self._make(_CODE_MEANING, "LO", cleaned or DUMMY_CODE_TAGS[_CODE_MEANING])
 
     def _pixel_data(
         self, src: Dataset, out: Dataset, elem: DataElement | RawDataElement
