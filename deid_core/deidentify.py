@@ -307,6 +307,20 @@ class _Run:
                 privates.append((tag, elem))
                 continue
             rule = rules.get(tag) or profile.rule(tag)
+            if rule.vr != "SQ" and (
+                elem.VR == "SQ"
+                or (
+                    type(elem) is RawDataElement
+                    and elem.length == 0xFFFFFFFF
+                    and tag != _PIXEL_DATA
+                )
+            ):
+                # Items (undefined length, or read as a sequence from UN) under a tag that is
+                # not a sequence: whatever they hide cannot be kept as it is, nor written as a
+                # sequence the dictionary does not know.
+                if tracing:
+                    self._note(path, tag, "X", "X", "items under a non-sequence tag: removed")
+                continue
             if fast:
                 # Most elements are settled by the rule alone: drop, or carry the raw bytes over.
                 if rule.action is Action.REMOVE:
@@ -653,6 +667,21 @@ class _Run:
             safe = profile.private_rule(group, creator, element & 0xFF)
             if safe is None:
                 decisions[tag] = ("X", "private attribute: not on the safe list")
+                continue
+            undefined = isinstance(elem, RawDataElement) and elem.length == 0xFFFFFFFF
+            if undefined and elem.VR != "SQ":
+                # Items under a VR other than SQ (implicit VR, or UN): read them as a sequence,
+                # de-identify them; when they are not items, drop the element.
+                try:
+                    seq = self._sequence(
+                        src, tag, elem._replace(VR="UN"), Action.KEEP, depth, Mode.NORMAL, path
+                    )
+                except Exception:
+                    decisions[tag] = ("X", "undefined length, not a readable sequence")
+                    continue
+                kept_blocks.add((group, block))
+                out[BaseTag(tag)] = seq
+                decisions[tag] = ("K", f"safe private sequence of {safe.creator!r}")
                 continue
             if elem.VR != "SQ" and not safe.value_allowed(self._raw_bytes(src, elem)):
                 decisions[tag] = ("X", "private attribute on the safe list, value not numeric")
