@@ -668,8 +668,7 @@ class _Run:
             if safe is None:
                 decisions[tag] = ("X", "private attribute: not on the safe list")
                 continue
-            undefined = isinstance(elem, RawDataElement) and elem.length == 0xFFFFFFFF
-            if undefined and elem.VR != "SQ":
+            if isinstance(elem, RawDataElement) and elem.length == 0xFFFFFFFF and elem.VR != "SQ":
                 # Items under a VR other than SQ (implicit VR, or UN): read them as a sequence,
                 # de-identify them; when they are not items, drop the element.
                 try:
