@@ -34,7 +34,7 @@ from deid_core.clean import clean_text
 from deid_core.codes import verified_meaning
 from deid_core.dates import shift_values
 from deid_core.encapsulated import strip_pixel_data
-from deid_core.errors import InvalidInputError
+from deid_core.errors import ClinicalContentLossError, InvalidInputError
 from deid_core.keys import ProjectKey
 from deid_core.options import BASIC_PROFILE_CODE, OPTION_CODES, TABLE_COLUMNS, ProfileOption
 from deid_core.profile import Category, ConfidentialityProfile, Rule, keyword_of
@@ -772,12 +772,41 @@ class Deidentifier:
                     f"no {what} {_tag_text(tag)}: not a storable DICOM instance"
                 )
 
+    def _check_content(self, ds: Dataset) -> None:
+        """Refuse structured documents whose clinical content de-identification would destroy
+        (PS3.15 removes or dummies Content Sequence and Encapsulated Document under the basic
+        profile), unless the profile accepts it with Clean Structured Content."""
+        if ProfileOption.CLEAN_STRUCTURED_CONTENT in self.profile.options:
+            return
+        elem = ds.get_item(_SOP_CLASS)
+        value = elem.value if elem is not None else b""
+        sop_class = (value.decode("latin-1") if isinstance(value, bytes) else str(value)).strip(
+            " \x00"
+        )
+        if sop_class in ENCAPSULATED_DOCUMENT_CLASSES:
+            what = "its encapsulated document would be replaced"
+        elif sop_class == KEY_OBJECT_SELECTION:
+            if not _has_text_item(ds):
+                return  # references only: nothing clinical is lost
+            what = "its text would be removed"
+        elif sop_class.startswith(_SR_ROOT):
+            what = "its content tree would be removed or dummied"
+        else:
+            return
+        name = UID_dictionary.get(sop_class, ("structured document",))[0]
+        raise ClinicalContentLossError(
+            f"{name}: {what} by de-identification; enable the profile option "
+            f"'{ProfileOption.CLEAN_STRUCTURED_CONTENT.value}' to accept cleaned content"
+        )
+
     def deidentify(self, ds: Dataset) -> Dataset:
         """A de-identified copy of `ds` with consistent File Meta Information.
 
         Raises InvalidInputError for a dataset that is not a storable instance or whose structure
-        cannot be read; the message names tags, never values."""
+        cannot be read, ClinicalContentLossError for a structured document whose content would be
+        lost (see `_check_content`); the message names tags, never values."""
         self._check(ds)
+        self._check_content(ds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             run = _Run(self, ds, None)
@@ -914,6 +943,23 @@ _FINISH_TAGS = frozenset(
 )
 
 
+#: Structured Reporting SOP Classes (PS3.4 B.5): 1.2.840.10008.5.1.4.1.1.88.x.
+_SR_ROOT = "1.2.840.10008.5.1.4.1.1.88."
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+#: Encapsulated PDF and CDA: the document is the content.
+ENCAPSULATED_DOCUMENT_CLASSES = frozenset(
+    {"1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.104.2"}
+)
+
+
+def _has_text_item(ds: Dataset) -> bool:
+    """Whether a content tree holds a TEXT item (a Key Object Description, at any depth)."""
+    for item in ds.get("ContentSequence", None) or ():
+        if str(item.get("ValueType", "")).strip() == "TEXT" or _has_text_item(item):
+            return True
+    return False
+
+
 def _recorded(options: frozenset[ProfileOption]) -> list[ProfileOption]:
     """Options this metadata step has applied (pixel options are recorded by the pixel steps)."""
     return [o for o in OPTION_CODES if o in options and o in TABLE_COLUMNS]
@@ -948,7 +994,9 @@ def _transfer_syntax(src: Dataset) -> str:
 
 
 __all__ = [
+    "ENCAPSULATED_DOCUMENT_CLASSES",
     "IMPLEMENTATION_CLASS_UID",
+    "KEY_OBJECT_SELECTION",
     "AttributeDecision",
     "ClinicalTrialSubject",
     "Deidentifier",
