@@ -226,12 +226,16 @@ def test_dates_shift_per_patient_and_keep_intervals() -> None:
     assert (dt.datetime(2020, 1, 1) - da).days == -shift
     assert out_a.AcquisitionDateTime.endswith("235959.5+0100")
     assert out_a.StudyTime == a.StudyTime  # times of day survive a whole-day shift
+    # Another patient's dates move by that patient's own shift (a different one under this key):
+    # the same original date no longer lines up across patients.
     other = _ct()
     other.PatientID = "someone else"
     other.StudyDate = "20200101"
-    assert deid.deidentify(other).StudyDate != out_a.StudyDate or shift == Pseudonymizer(
-        KEY
-    ).date_shift_days("someone else")
+    other_shift = Pseudonymizer(KEY).date_shift_days("someone else")
+    assert other_shift != shift
+    out_other = dt.datetime.strptime(deid.deidentify(other).StudyDate, "%Y%m%d")
+    assert (dt.datetime(2020, 1, 1) - out_other).days == -other_shift
+    assert out_other != da
 
 
 def test_same_key_same_output_different_key_unrelated() -> None:
