@@ -786,7 +786,11 @@ class Deidentifier:
         if sop_class in ENCAPSULATED_DOCUMENT_CLASSES:
             what = "its encapsulated document would be replaced"
         elif sop_class == KEY_OBJECT_SELECTION:
-            if not _has_text_item(ds):
+            try:
+                has_text = _has_text_item(ds)
+            except Exception:
+                raise InvalidInputError("Content Sequence (0040,A730) cannot be parsed") from None
+            if not has_text:
                 return  # references only: nothing clinical is lost
             what = "its text would be removed"
         elif sop_class.startswith(_SR_ROOT):

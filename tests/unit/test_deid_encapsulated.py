@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate, generate_frames
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.uid import JPEGBaseline8Bit
 
 from deid_core import ConfidentialityProfile, Deidentifier, InvalidInputError, ProjectKey
@@ -106,7 +106,8 @@ def test_metadata_segments_are_stripped_and_pixels_identical(name: str, plant) -
     assert np.array_equal(result.pixel_array, expected)
 
 
-def test_multiframe_with_basic_offset_table() -> None:
+@pytest.mark.parametrize("table", ["basic", "extended"])
+def test_multiframe_with_offset_tables(table: str) -> None:
     rng = np.random.default_rng(5)
     frames, arrays = [], []
     for _ in range(3):
@@ -120,7 +121,12 @@ def test_multiframe_with_basic_offset_table() -> None:
     ds.Rows, ds.Columns, ds.NumberOfFrames = 32, 48, 3
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = encapsulate(frames, has_bot=True)
+    if table == "basic":
+        ds.PixelData = encapsulate(frames, has_bot=True)
+    else:
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+            frames
+        )
     ds["PixelData"].VR = "OB"
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
@@ -132,6 +138,19 @@ def test_multiframe_with_basic_offset_table() -> None:
     result = pydicom.dcmread(io.BytesIO(output))
     assert result.NumberOfFrames == 3
     assert np.array_equal(result.pixel_array, arrays)
+    if table == "extended":
+        # The Extended Offset Table was rewritten for the shortened frames.
+        offsets = np.frombuffer(result.ExtendedOffsetTable, dtype="<u8")
+        lengths = np.frombuffer(result.ExtendedOffsetTableLengths, dtype="<u8")
+        frames_out = list(
+            generate_frames(
+                result.PixelData,
+                number_of_frames=3,
+                extended_offsets=(result.ExtendedOffsetTable, result.ExtendedOffsetTableLengths),
+            )
+        )
+        assert [len(f) for f in frames_out] == list(lengths)
+        assert offsets[0] == 0 and all(f.startswith(b"\xff\xd8") for f in frames_out)
 
 
 def test_jfif_thumbnail_is_cut_and_clean_streams_are_left_alone() -> None:
