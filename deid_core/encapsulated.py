@@ -16,6 +16,7 @@ be parsed is refused: passing it through could pass its metadata through.
 
 from __future__ import annotations
 
+import re
 import struct
 
 from pydicom.encaps import (
@@ -54,6 +55,9 @@ _J2K_SOC = b"\xff\x4f\xff\x51"
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 #: Standalone JPEG markers (no length): TEM, RST0-7, SOI, EOI.
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8), 0xD8, 0xD9})
+#: The end of entropy-coded data: 0xFF then 0x80-0xFE other than RSTn (JPEG stuffs 0xFF00 and
+#: JPEG-LS 0xFF0x-0xFF7x inside the data; 0xFFFF is a fill byte before the marker).
+_SCAN_END = re.compile(rb"\xff[\x80-\xcf\xd8-\xfe]")
 #: JP2 top-level boxes a decoder needs; everything else (xml, uuid, jp2i, uinf, ...) is dropped.
 _JP2_KEEP = frozenset({b"jP  ", b"ftyp", b"jp2h", b"jp2c", b"rreq"})
 
@@ -112,17 +116,11 @@ def strip_jpeg(frame: bytes) -> bytes:
         if marker == 0xDA:
             # Entropy-coded data up to the next marker: 0xFF followed by 0x80-0xFE other than
             # RSTn (JPEG stuffs 0xFF00, JPEG-LS 0xFF0x-0xFF7x; both keep those in the data).
-            start = i
-            while True:
-                j = frame.find(b"\xff", i)
-                if j < 0 or j + 1 >= n:
-                    raise InvalidInputError("a JPEG frame is truncated (no EOI)")
-                nxt = frame[j + 1]
-                if nxt >= 0x80 and nxt != 0xFF and not 0xD0 <= nxt <= 0xD7:
-                    break
-                i = j + (2 if nxt != 0xFF else 1)
-            out += frame[start:j]
-            i = j
+            found = _SCAN_END.search(frame, i)
+            if found is None:
+                raise InvalidInputError("a JPEG frame is truncated (no EOI)")
+            out += frame[i : found.start()]  # a fill byte before the marker may stay: harmless
+            i = found.start()
 
 
 def _strip_codestream(stream: bytes) -> bytes:

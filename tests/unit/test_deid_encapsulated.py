@@ -169,3 +169,17 @@ def test_jfif_thumbnail_is_cut_and_clean_streams_are_left_alone() -> None:
 def test_a_frame_that_is_not_jpeg_is_refused() -> None:
     with pytest.raises(InvalidInputError):
         strip_jpeg(b"\x00\x01" + CANARY)
+
+
+def test_progressive_jpeg_with_segments_between_scans_decodes_identically() -> None:
+    arr = np.random.default_rng(2).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="JPEG", quality=90, progressive=True)
+    frame = buffer.getvalue()
+    # A COM segment between two scans (after the first scan's entropy-coded data).
+    second_sos = frame.index(b"\xff\xda", frame.index(b"\xff\xda") + 2)
+    planted = frame[:second_sos] + _segment(0xFE, CANARY) + frame[second_sos:]
+    stripped = strip_jpeg(_plant_jpeg(planted))
+    assert CANARY not in stripped
+    decoded = np.asarray(Image.open(io.BytesIO(stripped)))
+    assert np.array_equal(decoded, np.asarray(Image.open(io.BytesIO(frame))))
