@@ -86,17 +86,20 @@ class Pseudonymizer:
 
         A patient ID only names a patient within its issuer: two hospitals' "12345" are two
         people, so the issuer (Issuer of Patient ID, or the site's configured default) is part
-        of the key. Without a patient ID, the name and birth date (with the issuer) identify the
-        patient; without those either, nothing links the instance to other studies, so it gets a
-        pseudonym of its own study rather than one shared by every unidentified patient.
+        of the key. Without a patient ID, the name and birth date together (with the issuer; the
+        name compared without case) identify the patient; without both, nothing reliably links
+        the instance to other studies, so it gets a pseudonym of its own study rather than one
+        shared by every unidentified patient.
         Without an issuer, an ID keys exactly as before issuers were used."""
         pid_b, issuer_b = _norm(pid), _norm(issuer)
         if pid_b:
             if not issuer_b:
                 return "patient-id", pid_b
             return "patient-id@issuer", _fields(issuer_b, pid_b)
-        name_b, dob_b = _norm(name.rstrip("^= \x00")), _norm(birth_date)
-        if name_b or dob_b:
+        # Both are needed: a birth date alone, or a placeholder name ("UNKNOWN"), would merge
+        # different people into one subject (the collision this keying exists to prevent).
+        name_b, dob_b = _norm(name.rstrip("^= \x00").casefold()), _norm(birth_date)
+        if name_b and dob_b:
             return "patient-name-birth", _fields(issuer_b, name_b, dob_b)
         return "patient-study", _fields(issuer_b, _norm(study_uid))
 

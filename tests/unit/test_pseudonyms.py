@@ -99,7 +99,7 @@ def test_patient_id_is_keyed_on_issuer_and_id() -> None:
 def test_patient_without_id_falls_back_to_name_and_birth_date_then_study() -> None:
     p = Pseudonymizer(KEY_A)
     doe = p.patient_id("", name="Doe^John", birth_date="19700101")
-    assert doe == p.patient_id("", name="Doe^John^^^", birth_date="19700101")
+    assert doe == p.patient_id("", name="DOE^JOHN^^^", birth_date="19700101")
     assert doe != p.patient_id("", name="Roe^Jane", birth_date="19700101")
     assert doe != p.patient_id("", name="Doe^John", birth_date="19700102")
     # Nothing identifies the patient: one pseudonym per study, never one for all of them.
@@ -108,6 +108,9 @@ def test_patient_without_id_falls_back_to_name_and_birth_date_then_study() -> No
     assert s1 != s2
     assert s1 == p.patient_id("", study_uid="1.2.3.1")
     assert len({doe, s1, s2, p.patient_id("", name="Roe^Jane")}) == 4
+    # A birth date or a name alone would merge strangers: they key per study instead.
+    assert p.patient_id("", birth_date="19700101", study_uid="1.2.3.1") == s1
+    assert p.patient_id("", name="UNKNOWN", study_uid="1.2.3.2") == s2
     # The name pseudonym agrees with the ID pseudonym.
     assert p.patient_name("", "Doe^John") == p.patient_id("", name="Doe^John")
     assert p.date_shift_days("", name="Doe^John") == p.date_shift_days("", name="Doe^John")
