@@ -119,10 +119,20 @@ class Pseudonymizer:
         )
         return self.patient_id_prefix + self._key.hmac(domain, message).hex()[:16].upper()
 
-    def patient_name(self, patient_id: str, patient_name: str = "", issuer: str = "") -> str:
+    def patient_name(
+        self,
+        patient_id: str,
+        patient_name: str = "",
+        issuer: str = "",
+        *,
+        birth_date: str = "",
+        study_uid: str = "",
+    ) -> str:
         """Pseudonymous patient name, as a PN family name equal to the pseudonymous patient ID, so
-        that name and ID agree. Keyed on the patient ID; on the name only where there is no ID."""
-        return self.patient_id(patient_id, issuer, name=patient_name)
+        that name and ID agree (the same fallbacks: see `patient_identity`)."""
+        return self.patient_id(
+            patient_id, issuer, name=patient_name, birth_date=birth_date, study_uid=study_uid
+        )
 
     def date_shift_days(
         self,

@@ -59,8 +59,11 @@ def test_patient_id_and_name_agree_and_fit_their_vrs() -> None:
     assert re.fullmatch(r"ST01-[0-9A-F]{16}", pid)
     assert p.patient_name("12345", "Doe^John") == pid
     assert len(pid) <= 64
-    # Without a patient ID the name decides; different names give different pseudonyms.
-    assert p.patient_name("", "Doe^John") != p.patient_name("", "Roe^Jane")
+    # Without a patient ID name and birth date decide; different names give different pseudonyms.
+    dob = "19700101"
+    assert p.patient_name("", "Doe^John", birth_date=dob) != p.patient_name(
+        "", "Roe^Jane", birth_date=dob
+    )
 
 
 def test_date_shift_is_per_patient_stable_and_in_range() -> None:
@@ -112,5 +115,5 @@ def test_patient_without_id_falls_back_to_name_and_birth_date_then_study() -> No
     assert p.patient_id("", birth_date="19700101", study_uid="1.2.3.1") == s1
     assert p.patient_id("", name="UNKNOWN", study_uid="1.2.3.2") == s2
     # The name pseudonym agrees with the ID pseudonym.
-    assert p.patient_name("", "Doe^John") == p.patient_id("", name="Doe^John")
+    assert p.patient_name("", "Doe^John", birth_date="19700101") == doe
     assert p.date_shift_days("", name="Doe^John") == p.date_shift_days("", name="Doe^John")
