@@ -11,6 +11,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from deid_core.errors import (
+    ClinicalContentLossError,
     ConfigError,
     DeidGatewayError,
     InvalidInputError,
@@ -74,6 +75,7 @@ __all__ = [
     "DEFAULT_SAFE_PRIVATE",
     "MIN_KEY_LENGTH",
     "AttributeDecision",
+    "ClinicalContentLossError",
     "ClinicalTrialSubject",
     "ConfidentialityProfile",
     "ConfigError",

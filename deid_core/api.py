@@ -82,14 +82,18 @@ def deidentify_dataset(
     key: ProjectKey | str | bytes,
     profile: ConfidentialityProfile | Iterable[ProfileOption | str] | None = None,
     trial: ClinicalTrialSubject | None = None,
+    patient_id_issuer: str = "",
 ) -> Dataset:
     """De-identify one data set by the PS3.15 confidentiality profile (basic profile plus the
     given options) under the project key. Returns a new data set (with File Meta Information for
     the new instance); `ds` is not changed. The same key and profile give the same pseudonyms as
-    a gateway configured with them. `trial` writes the Clinical Trial Subject module."""
+    a gateway configured with them. `trial` writes the Clinical Trial Subject module.
+    `patient_id_issuer` is the issuer assumed where the data set names no Issuer of Patient ID
+    (a gateway's `project.patient_id_issuer`, or its site name)."""
     from deid_core.deidentify import Deidentifier
 
-    return Deidentifier(_profile(profile), _key(key), trial).deidentify(ds)
+    deid = Deidentifier(_profile(profile), _key(key), trial, default_issuer=patient_id_issuer)
+    return deid.deidentify(ds)
 
 
 def deidentify_file(
@@ -100,6 +104,7 @@ def deidentify_file(
     profile: ConfidentialityProfile | Iterable[ProfileOption | str] | None = None,
     trial: ClinicalTrialSubject | None = None,
     overwrite: bool = False,
+    patient_id_issuer: str = "",
 ) -> Path:
     """De-identify the DICOM file `path` into `out` and return the path written.
 
@@ -119,7 +124,9 @@ def deidentify_file(
         raise InvalidInputError(
             f"{source.name}: not a readable DICOM file ({type(exc).__name__})"
         ) from None
-    result = deidentify_dataset(ds, key=key, profile=profile, trial=trial)
+    result = deidentify_dataset(
+        ds, key=key, profile=profile, trial=trial, patient_id_issuer=patient_id_issuer
+    )
     target = Path(out)
     if target.is_dir():
         target = target / f"{result.SOPInstanceUID}.dcm"

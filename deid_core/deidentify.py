@@ -31,8 +31,10 @@ from pydicom.uid import UID, UID_dictionary
 from deid_core import iod
 from deid_core.actions import Action, resolve
 from deid_core.clean import clean_text
+from deid_core.codes import verified_meaning
 from deid_core.dates import shift_values
-from deid_core.errors import InvalidInputError
+from deid_core.encapsulated import strip_pixel_data
+from deid_core.errors import ClinicalContentLossError, InvalidInputError
 from deid_core.keys import ProjectKey
 from deid_core.options import BASIC_PROFILE_CODE, OPTION_CODES, TABLE_COLUMNS, ProfileOption
 from deid_core.profile import Category, ConfidentialityProfile, Rule, keyword_of
@@ -67,6 +69,14 @@ _PATIENT_NAME = 0x00100010
 _SOP_CLASS = 0x00080016
 _SOP_INSTANCE = 0x00080018
 _STUDY_UID = 0x0020000D
+_BIRTH_DATE = 0x00100030
+_ISSUER = 0x00100021
+_ISSUER_QUALIFIERS = 0x00100024
+_PIXEL_DATA = 0x7FE00010
+_CODE_MEANING = 0x00080104
+_EXTENDED_OFFSETS = 0x7FE00001
+_EXTENDED_LENGTHS = 0x7FE00002
+_NUMBER_OF_FRAMES = 0x00280008
 
 _ACTIONS = {a.value: a for a in Action}
 _MODE_CATEGORIES = frozenset({Category.KEEP, Category.CODE, Category.TEXT})
@@ -175,10 +185,52 @@ class _Run:
         self.types = iod.iod_types(sop_class)
         pid_elem = src.get_item(_PATIENT_ID) if _PATIENT_ID in src else None
         self.patient_id = self._text(src, pid_elem) if pid_elem is not None else ""
+        #: Who the patient is, for every patient pseudonym (see Pseudonymizer.patient_identity).
+        self.identity: dict[str, str] = {
+            "issuer": self._issuer(src) or deid.default_issuer,
+            "name": self._text(src, src.get_item(_PATIENT_NAME)) if _PATIENT_NAME in src else "",
+            "birth_date": (
+                self._text(src, src.get_item(_BIRTH_DATE)) if _BIRTH_DATE in src else ""
+            ),
+            "study_uid": self._text(src, src.get_item(_STUDY_UID)) if _STUDY_UID in src else "",
+        }
+        self.subject_id = self.pseudo.patient_id(
+            self.patient_id,
+            self.identity["issuer"],
+            name=self.identity["name"],
+            birth_date=self.identity["birth_date"],
+            study_uid=self.identity["study_uid"],
+        )
         self.encoding = _encoding(src)
+        meta = getattr(src, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID", "") if meta is not None else ""
+        self.transfer_syntax = str(syntax or "").strip(" \x00")
         self.shift: int | None = None
         if deid.profile.has(ProfileOption.RETAIN_LONGITUDINAL_MODIFIED_DATES):
-            self.shift = self.pseudo.date_shift_days(self.patient_id)
+            self.shift = self.pseudo.date_shift_days(
+                self.patient_id,
+                self.identity["issuer"],
+                name=self.identity["name"],
+                birth_date=self.identity["birth_date"],
+                study_uid=self.identity["study_uid"],
+            )
+
+    def _issuer(self, src: Dataset) -> str:
+        """Issuer of Patient ID, else the Universal or Local Namespace Entity ID of its
+        qualifiers; "" when the instance names none."""
+        if _ISSUER in src:
+            issuer = self._text(src, src.get_item(_ISSUER)).strip()
+            if issuer:
+                return issuer
+        if _ISSUER_QUALIFIERS in src:
+            items = self._value(src, src.get_item(_ISSUER_QUALIFIERS))
+            for item in items or ():
+                for tag in (0x00400032, 0x00400031):
+                    if isinstance(item, Dataset) and tag in item:
+                        text = self._text(item, item.get_item(tag)).strip()
+                        if text:
+                            return text
+        return ""
 
     # --- reading values -------------------------------------------------------------------
 
@@ -255,6 +307,20 @@ class _Run:
                 privates.append((tag, elem))
                 continue
             rule = rules.get(tag) or profile.rule(tag)
+            if rule.vr != "SQ" and (
+                elem.VR == "SQ"
+                or (
+                    type(elem) is RawDataElement
+                    and elem.length == 0xFFFFFFFF
+                    and tag != _PIXEL_DATA
+                )
+            ):
+                # Items (undefined length, or read as a sequence from UN) under a tag that is
+                # not a sequence: whatever they hide cannot be kept as it is, nor written as a
+                # sequence the dictionary does not know.
+                if tracing:
+                    self._note(path, tag, "X", "X", "items under a non-sequence tag: removed")
+                continue
             if fast:
                 # Most elements are settled by the rule alone: drop, or carry the raw bytes over.
                 if rule.action is Action.REMOVE:
@@ -264,6 +330,7 @@ class _Run:
                     and rule.vr != "SQ"
                     and type(elem) is RawDataElement
                     and elem.VR != "SQ"
+                    and tag != _PIXEL_DATA
                 ):
                     out_dict[key] = elem
                     continue
@@ -286,7 +353,13 @@ class _Run:
             if action is Action.REMOVE:
                 continue
             vr = _vr_of(rule, elem)
-            new = self._apply(src, tag, elem, vr, action, rule, depth, mode, path)
+            new: DataElement | RawDataElement | None
+            if tag == _PIXEL_DATA and action is Action.KEEP:
+                new = self._pixel_data(src, out, elem)
+            elif tag == _CODE_MEANING and action is Action.KEEP:
+                new = self._code_meaning(src, elem)
+            else:
+                new = self._apply(src, tag, elem, vr, action, rule, depth, mode, path)
             if new is None:
                 if self.trace is not None:
                     d = self.trace[slot]
@@ -354,10 +427,9 @@ class _Run:
         if vr == "SQ" or elem.VR == "SQ":
             return self._sequence(src, tag, elem, action, depth, mode, path)
         if tag == _PATIENT_ID and action in (Action.ZERO, Action.DUMMY):
-            return self._make(tag, "LO", self.pseudo.patient_id(self.patient_id))
+            return self._make(tag, "LO", self.subject_id)
         if tag == _PATIENT_NAME and action in (Action.ZERO, Action.DUMMY):
-            name = self._text(src, elem)
-            return self._make(tag, "PN", self.pseudo.patient_name(self.patient_id, name))
+            return self._make(tag, "PN", self.subject_id)
         if action is Action.KEEP:
             return _keep(elem)
         if action is Action.ZERO:
@@ -367,6 +439,61 @@ class _Run:
         if action is Action.UID:
             return self._make(tag, vr, self._uids(self._text(src, elem)))
         return self._clean(src, tag, elem, vr, rule, depth)
+
+    def _code_meaning(
+        self, src: Dataset, elem: DataElement | RawDataElement
+    ) -> DataElement | RawDataElement:
+        """A kept Code Meaning only when it is the standard meaning of its code
+        (`deid_core.codes`); else the standard meaning, else the meaning cleaned."""
+        scheme = self._text(src, src.get_item(0x00080102)) if 0x00080102 in src else ""
+        value = ""
+        for tag in (0x00080100, 0x00080119, 0x00080120):
+            if tag in src:
+                value = self._text(src, src.get_item(tag))
+                if value:
+                    break
+        meaning = self._text(src, elem)
+        verified = verified_meaning(scheme, value, meaning)
+        if verified == meaning:
+            return _keep(elem)
+        if verified:
+            return self._make(_CODE_MEANING, "LO", verified)
+        cleaned = clean_text(meaning)
+        return self._make(_CODE_MEANING, "LO", cleaned or DUMMY_CODE_TAGS[_CODE_MEANING])
+
+    def _pixel_data(
+        self, src: Dataset, out: Dataset, elem: DataElement | RawDataElement
+    ) -> DataElement | RawDataElement:
+        """Pixel Data, with comments and application segments cut out of every compressed frame
+        (`deid_core.encapsulated`: byte surgery, the decoded pixels stay identical)."""
+        value = elem.value
+        if isinstance(elem, RawDataElement):
+            encapsulated = elem.length == 0xFFFFFFFF
+        else:
+            encapsulated = bool(elem.is_undefined_length)
+        if not encapsulated or not isinstance(value, bytes):
+            return _keep(elem)
+        frames_text = (
+            self._text(src, src.get_item(_NUMBER_OF_FRAMES)) if _NUMBER_OF_FRAMES in src else ""
+        )
+        try:
+            frames = int(frames_text.split("\\")[0] or 1)
+        except ValueError:
+            frames = 1
+        extended = None
+        if _EXTENDED_OFFSETS in src and _EXTENDED_LENGTHS in src:
+            offsets = self._raw_bytes(src, src.get_item(_EXTENDED_OFFSETS))
+            lengths = self._raw_bytes(src, src.get_item(_EXTENDED_LENGTHS))
+            extended = (offsets, lengths) if offsets and lengths else None
+        result = strip_pixel_data(value, self.transfer_syntax, frames, extended)
+        if result is None:
+            return _keep(elem)
+        data, tables = result
+        if tables is not None:
+            out[_EXTENDED_OFFSETS] = DataElement(_EXTENDED_OFFSETS, "OV", tables[0])
+            out[_EXTENDED_LENGTHS] = DataElement(_EXTENDED_LENGTHS, "OV", tables[1])
+        new = DataElement(_PIXEL_DATA, "OB", data, is_undefined_length=True)
+        return new
 
     @staticmethod
     def _empty(vr: str) -> Any:
@@ -541,6 +668,20 @@ class _Run:
             if safe is None:
                 decisions[tag] = ("X", "private attribute: not on the safe list")
                 continue
+            if isinstance(elem, RawDataElement) and elem.length == 0xFFFFFFFF and elem.VR != "SQ":
+                # Items under a VR other than SQ (implicit VR, or UN): read them as a sequence,
+                # de-identify them; when they are not items, drop the element.
+                try:
+                    seq = self._sequence(
+                        src, tag, elem._replace(VR="UN"), Action.KEEP, depth, Mode.NORMAL, path
+                    )
+                except Exception:
+                    decisions[tag] = ("X", "undefined length, not a readable sequence")
+                    continue
+                kept_blocks.add((group, block))
+                out[BaseTag(tag)] = seq
+                decisions[tag] = ("K", f"safe private sequence of {safe.creator!r}")
+                continue
             if elem.VR != "SQ" and not safe.value_allowed(self._raw_bytes(src, elem)):
                 decisions[tag] = ("X", "private attribute on the safe list, value not numeric")
                 continue
@@ -583,8 +724,11 @@ class Deidentifier:
         *,
         patient_id_prefix: str = "SUBJ-",
         max_shift_days: int = 3652,
+        default_issuer: str = "",
     ) -> None:
         self.profile = profile
+        #: Issuer of Patient ID assumed for instances that name none (the site's own IDs).
+        self.default_issuer = default_issuer.strip()
         self.key = key
         self.trial = trial
         self.pseudonymizer = Pseudonymizer(key, patient_id_prefix, max_shift_days)
@@ -596,6 +740,7 @@ class Deidentifier:
             "trial": self.trial,
             "prefix": self.pseudonymizer.patient_id_prefix,
             "shift": self.pseudonymizer.max_shift_days,
+            "issuer": self.default_issuer,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -605,6 +750,7 @@ class Deidentifier:
             state["trial"],
             patient_id_prefix=state["prefix"],
             max_shift_days=state["shift"],
+            default_issuer=state.get("issuer", ""),
         )
 
     @staticmethod
@@ -626,12 +772,45 @@ class Deidentifier:
                     f"no {what} {_tag_text(tag)}: not a storable DICOM instance"
                 )
 
+    def _check_content(self, ds: Dataset) -> None:
+        """Refuse structured documents whose clinical content de-identification would destroy
+        (PS3.15 removes or dummies Content Sequence and Encapsulated Document under the basic
+        profile), unless the profile accepts it with Clean Structured Content."""
+        if ProfileOption.CLEAN_STRUCTURED_CONTENT in self.profile.options:
+            return
+        elem = ds.get_item(_SOP_CLASS)
+        value = elem.value if elem is not None else b""
+        sop_class = (value.decode("latin-1") if isinstance(value, bytes) else str(value)).strip(
+            " \x00"
+        )
+        if sop_class in ENCAPSULATED_DOCUMENT_CLASSES:
+            what = "its encapsulated document would be replaced"
+        elif sop_class == KEY_OBJECT_SELECTION:
+            try:
+                has_text = _has_text_item(ds)
+            except Exception:
+                raise InvalidInputError("Content Sequence (0040,A730) cannot be parsed") from None
+            if not has_text:
+                return  # references only: nothing clinical is lost
+            what = "its text would be removed"
+        elif sop_class.startswith(_SR_ROOT):
+            what = "its content tree would be removed or dummied"
+        else:
+            return
+        name = UID_dictionary.get(sop_class, ("structured document",))[0]
+        raise ClinicalContentLossError(
+            f"{name}: {what} by de-identification; enable the profile option "
+            f"'{ProfileOption.CLEAN_STRUCTURED_CONTENT.value}' to accept cleaned content"
+        )
+
     def deidentify(self, ds: Dataset) -> Dataset:
         """A de-identified copy of `ds` with consistent File Meta Information.
 
         Raises InvalidInputError for a dataset that is not a storable instance or whose structure
-        cannot be read; the message names tags, never values."""
+        cannot be read, ClinicalContentLossError for a structured document whose content would be
+        lost (see `_check_content`); the message names tags, never values."""
         self._check(ds)
+        self._check_content(ds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             run = _Run(self, ds, None)
@@ -737,7 +916,7 @@ class Deidentifier:
                 out,
                 "ClinicalTrialSubjectID",
                 "LO",
-                self.pseudonymizer.patient_id(run.patient_id),
+                run.subject_id,
             )
 
     @staticmethod
@@ -766,6 +945,23 @@ _FINISH_TAGS = frozenset(
         0x00120040,
     }
 )
+
+
+#: Structured Reporting SOP Classes (PS3.4 B.5): 1.2.840.10008.5.1.4.1.1.88.x.
+_SR_ROOT = "1.2.840.10008.5.1.4.1.1.88."
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+#: Encapsulated PDF and CDA: the document is the content.
+ENCAPSULATED_DOCUMENT_CLASSES = frozenset(
+    {"1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.104.2"}
+)
+
+
+def _has_text_item(ds: Dataset) -> bool:
+    """Whether a content tree holds a TEXT item (a Key Object Description, at any depth)."""
+    for item in ds.get("ContentSequence", None) or ():
+        if str(item.get("ValueType", "")).strip() == "TEXT" or _has_text_item(item):
+            return True
+    return False
 
 
 def _recorded(options: frozenset[ProfileOption]) -> list[ProfileOption]:
@@ -802,7 +998,9 @@ def _transfer_syntax(src: Dataset) -> str:
 
 
 __all__ = [
+    "ENCAPSULATED_DOCUMENT_CLASSES",
     "IMPLEMENTATION_CLASS_UID",
+    "KEY_OBJECT_SELECTION",
     "AttributeDecision",
     "ClinicalTrialSubject",
     "Deidentifier",

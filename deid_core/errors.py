@@ -28,3 +28,9 @@ class InvalidInputError(PermanentError):
 
 class ConfigError(PermanentError):
     """The configuration is invalid; the message names the offending key."""
+
+
+class ClinicalContentLossError(PermanentError):
+    """De-identifying this instance would remove its clinical content (the text of a structured
+    report, an encapsulated PDF or CDA document): refused unless the profile accepts that loss
+    explicitly (option `clean_structured_content`). The gateway quarantines it with the reason."""

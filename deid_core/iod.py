@@ -97,6 +97,14 @@ _MODULES: dict[str, dict[str, int]] = {
     "Specimen": {"ContainerIdentifier": 1},
     # HL7v2 Hierarchic Designator macro (issuers, nested): one of the two IDs is required.
     "HL7v2HierarchicDesignator": {"LocalNamespaceEntityID": 1, "UniversalEntityID": 1},
+    # Text attributes outside Table E.1-1 that are required inside sequence items (macros and
+    # functional groups): removed text must be dummied or emptied there. Used as fallback only.
+    "RequiredNestedText": {
+        "SegmentLabel": 1,  # Segment Description Macro
+        "OpticalPathIdentifier": 1,  # Optical Path Module (whole slide)
+        "ROIName": 2,  # Structure Set ROI Sequence
+        "BeamName": 1,  # RT Ion Beams (Type 3 in RT Beams)
+    },
 }
 
 _IMAGE = ("Patient", "GeneralStudy", "GeneralSeries", "GeneralEquipment", "GeneralImage")

@@ -10,15 +10,16 @@ Attributes that Table E.1-1 does not list (the profile requires removing those t
 anyone) follow this policy, safe by default:
 
 - not in the DICOM dictionary (unknown public tags), retired ones, group lengths: removed;
-- person names, free text (LT, ST, UT, UC, URLs) and LO attributes that hold comments, notes,
-  issuers or alternative-calendar dates: removed (emptied or dummied where the IOD requires them);
+- text (LO, SH, LT, ST, UT, UC, UR, PN, AE) not on the short `TECHNICAL_TEXT` allow-list of
+  equipment/technique values: removed (emptied or dummied where the IOD requires them; cleaned
+  under Clean Descriptors, except names, URLs and AE titles); Encrypted Attributes: removed;
 - dates and times: treated like the table's own dates (removed, kept under Full Dates, shifted
   under Modified Dates);
 - UIDs: replaced by their keyed pseudonym, unless they are class/transfer-syntax/coding UIDs or a
   registered DICOM UID;
 - codes (Code Value, Coding Scheme Designator, Code Meaning ...; not the free-text VRs LT, ST, UT,
   UC even where they describe a coding scheme), coded strings, numbers, binary data
-  and other short descriptive strings (Manufacturer, Modality, Body Part Examined ...): kept;
+  and allow-listed technical text (Manufacturer, Convolution Kernel ...): kept;
 - overlay groups (60xx) follow their Overlay Data row, curves (50xx) their table row.
 
 Options that both touch one attribute are combined by retaining the most: K over C over the rest.
@@ -87,49 +88,50 @@ CODE_KEYWORDS = frozenset(
         "CodingSchemeUID",
     }
 )
-#: LO/SH attributes outside the table that can hold free text about a person.
-_RISKY_LO = re.compile(
-    r"(Comment|Notes|Calendar|Registration|ContactDisplayName|Creator$|Issuer|Owner|PrinterName|"
-    r"Explanation|Address|Telephone|Email|Person|Name$|Description$)"
-)
-#: LO attributes ending in Name that describe equipment or technique, not people.
-_SAFE_NAMES = frozenset(
+#: Text attributes outside the table that are kept: equipment and technique values that a
+#: modality writes from its own configuration (never typed about a patient), and that analysis
+#: needs (kernel, coil, nucleus, rescale type ...). Every other text attribute outside the table
+#: (LO, SH, LT, ST, UT, UC, UR, PN, AE) is removed, or cleaned under Clean Descriptors. The list
+#: is deliberately short: an attribute missing here loses a value, one wrongly here leaks one.
+TECHNICAL_TEXT = frozenset(
     {
+        # Equipment (Retain Device Identity covers the serial numbers and names in the table).
+        "Manufacturer",
         "ManufacturerModelName",
+        "SoftwareVersions",
+        "SecondaryCaptureDeviceManufacturer",
         "SecondaryCaptureDeviceManufacturerModelName",
+        "SecondaryCaptureDeviceSoftwareVersions",
         "DetectorManufacturerName",
         "DetectorManufacturerModelName",
         "ReceiveCoilManufacturerName",
         "TransmitCoilManufacturerName",
-        "AcquisitionProtocolName",
-        "AlgorithmName",
-        "ApplicationName",
+        # Acquisition and reconstruction technique.
+        "ConvolutionKernel",
+        "FilterType",
+        "ImagedNucleus",
+        "SequenceName",
+        "PulseSequenceName",
+        "ReceiveCoilName",
+        "TransmitCoilName",
+        "ContrastBolusRoute",
+        "TransducerData",
+        "ProcessingFunction",
+        # Pixel value meaning and geometry.
+        "RescaleType",
+        "ModalityLUTType",
+        "PositionReferenceIndicator",
+        "DimensionDescriptionLabel",
         "SegmentAlgorithmName",
-        "DataElementName",
-        "ProductName",
-        "ImplantName",
-        "BeamName",
-        "BlockName",
-        "FontName",
-        "CSSFontName",
-        "SourceIsotopeName",
-        "RTImageName",
-        "DoseModeName",
-        "InterventionDrugName",
-        "ApplicationSetupName",
-        "TemplateName",
-        "BrachyAccessoryDeviceName",
-        "SourceApplicatorName",
-        "ChannelShieldName",
-        "SelectorAttributeName",
-        "HangingProtocolName",
-        "ImplantAssemblyTemplateName",
-        "ImplantTemplateGroupName",
-        "ImplantTemplateGroupVariationDimensionName",
-        "MappingResourceName",
-        "DataSetName",
+        "AlgorithmName",
+        "AlgorithmVersion",
+        "AlgorithmSource",
     }
 )
+#: Value representations of text: outside the table, removed unless in TECHNICAL_TEXT.
+_TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "UR", "PN", "AE"})
+#: Always removed, whatever the options: it holds encrypted copies of original attributes.
+_ALWAYS_REMOVED = frozenset({"EncryptedAttributesSequence"})
 #: UIDs outside the table that name a class, a syntax or a terminology, never an instance.
 _CLASS_UID = re.compile(
     r"(ClassUID|ClassUIDInFile|ClassesInStudy|ClassesInSeries|ClassesSupported|TransferSyntaxUID|"
@@ -143,7 +145,6 @@ _ALTERNATIVE_CALENDAR = frozenset(
         "PatientDeathDateInAlternativeCalendar",
     }
 )
-_TEXT_VRS = frozenset({"LT", "ST", "UT", "UC", "UR", "PN"})
 _DATE_VRS = frozenset({"DA", "DT", "TM"})
 
 
@@ -271,6 +272,8 @@ class ConfidentialityProfile:
             )
         if keyword in ("DeidentificationMethod", "DeidentificationMethodCodeSequence"):
             return Rule("X", Category.REMOVE, vr, "replaced by this de-identification's own record")
+        if keyword in _ALWAYS_REMOVED:
+            return Rule("X", Category.REMOVE, vr, "encrypted original attributes: always removed")
         if keyword in _ALTERNATIVE_CALENDAR:
             # Birth and death dates in another calendar, and the calendar they need: removed
             # like the Patient's Birth Date itself, under every option.
@@ -293,10 +296,8 @@ class ConfidentialityProfile:
             if ProfileOption.RETAIN_UIDS in self.options:
                 return Rule("K", Category.UID, vr, "option retain_uids", ProfileOption.RETAIN_UIDS)
             return Rule("U", Category.UID, vr, "instance UID not in the table: keyed pseudonym")
-        if vr in _TEXT_VRS or (
-            vr == "LO" and _RISKY_LO.search(keyword) and keyword not in _SAFE_NAMES
-        ):
-            if vr != "PN" and vr != "UR" and ProfileOption.CLEAN_DESCRIPTORS in self.options:
+        if vr in _TEXT_VRS and keyword not in TECHNICAL_TEXT:
+            if vr not in ("PN", "UR", "AE") and ProfileOption.CLEAN_DESCRIPTORS in self.options:
                 return Rule(
                     "C",
                     Category.TEXT,
@@ -304,7 +305,9 @@ class ConfidentialityProfile:
                     "option clean_descriptors: free text not in the table, cleaned",
                     ProfileOption.CLEAN_DESCRIPTORS,
                 )
-            return Rule("X/Z/D", Category.TEXT, vr, "free text/name not in the table: removed")
+            return Rule("X/Z/D", Category.TEXT, vr, "text not in the table: removed")
+        if vr in _TEXT_VRS:
+            return Rule("K", Category.KEEP, vr, "technical text on the allow-list: kept")
         return Rule("K", Category.KEEP, vr, "not in the table, not identifying by its kind: kept")
 
     def private_rule(
@@ -319,4 +322,11 @@ class ConfidentialityProfile:
         return None
 
 
-__all__ = ["CODE_KEYWORDS", "Category", "ConfidentialityProfile", "Rule", "keyword_of"]
+__all__ = [
+    "CODE_KEYWORDS",
+    "TECHNICAL_TEXT",
+    "Category",
+    "ConfidentialityProfile",
+    "Rule",
+    "keyword_of",
+]

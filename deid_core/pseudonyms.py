@@ -23,6 +23,11 @@ def _norm(value: str) -> bytes:
     return value.strip(" \x00").encode("utf-8", errors="surrogateescape")
 
 
+def _fields(*values: bytes) -> bytes:
+    """Values joined unambiguously (length-prefixed): ("A", "BC") never keys like ("AB", "C")."""
+    return b"".join(len(v).to_bytes(4, "big") + v for v in values)
+
+
 class Pseudonymizer:
     """Every pseudonym the de-identifier writes. Pure functions of the key and the input."""
 
@@ -68,26 +73,85 @@ class Pseudonymizer:
             raise ValueError("derived_uid needs a purpose")
         return self._uid("derived-uid:" + purpose, original_uid)
 
-    def _tag(self, domain: str, value: str, length: int) -> str:
-        return self._key.hmac(domain, _norm(value)).hex()[:length].upper()
+    @staticmethod
+    def patient_identity(
+        pid: str,
+        issuer: str = "",
+        *,
+        name: str = "",
+        birth_date: str = "",
+        study_uid: str = "",
+    ) -> tuple[str, bytes]:
+        """(HMAC domain, message) that identify one patient for every patient pseudonym.
 
-    def patient_id(self, pid: str) -> str:
-        """Pseudonymous patient ID (also the Clinical Trial Subject ID): prefix + 16 hex digits."""
-        return self.patient_id_prefix + self._tag("patient-id", pid, 16)
+        A patient ID only names a patient within its issuer: two hospitals' "12345" are two
+        people, so the issuer (Issuer of Patient ID, or the site's configured default) is part
+        of the key. Without a patient ID, the name and birth date together (with the issuer; the
+        name compared without case) identify the patient; without both, nothing reliably links
+        the instance to other studies, so it gets a pseudonym of its own study rather than one
+        shared by every unidentified patient.
+        Without an issuer, an ID keys exactly as before issuers were used."""
+        pid_b, issuer_b = _norm(pid), _norm(issuer)
+        if pid_b:
+            if not issuer_b:
+                return "patient-id", pid_b
+            return "patient-id@issuer", _fields(issuer_b, pid_b)
+        # Both are needed: a birth date alone, or a placeholder name ("UNKNOWN"), would merge
+        # different people into one subject (the collision this keying exists to prevent).
+        name_b, dob_b = _norm(name.rstrip("^= \x00").casefold()), _norm(birth_date)
+        if name_b and dob_b:
+            return "patient-name-birth", _fields(issuer_b, name_b, dob_b)
+        return "patient-study", _fields(issuer_b, _norm(study_uid))
 
-    def patient_name(self, patient_id: str, patient_name: str = "") -> str:
+    def patient_id(
+        self,
+        pid: str,
+        issuer: str = "",
+        *,
+        name: str = "",
+        birth_date: str = "",
+        study_uid: str = "",
+    ) -> str:
+        """Pseudonymous patient ID (also the Clinical Trial Subject ID): prefix + 16 hex digits.
+        See `patient_identity` for what identifies the patient."""
+        domain, message = self.patient_identity(
+            pid, issuer, name=name, birth_date=birth_date, study_uid=study_uid
+        )
+        return self.patient_id_prefix + self._key.hmac(domain, message).hex()[:16].upper()
+
+    def patient_name(
+        self,
+        patient_id: str,
+        patient_name: str = "",
+        issuer: str = "",
+        *,
+        birth_date: str = "",
+        study_uid: str = "",
+    ) -> str:
         """Pseudonymous patient name, as a PN family name equal to the pseudonymous patient ID, so
-        that name and ID agree. Keyed on the patient ID; on the name only where there is no ID."""
-        if patient_id.strip(" \x00"):
-            return self.patient_id(patient_id)
-        if patient_name.strip(" \x00"):
-            return self.patient_id_prefix + self._tag("patient-name", patient_name, 16)
-        return self.patient_id("")
+        that name and ID agree (the same fallbacks: see `patient_identity`)."""
+        return self.patient_id(
+            patient_id, issuer, name=patient_name, birth_date=birth_date, study_uid=study_uid
+        )
 
-    def date_shift_days(self, patient_id: str) -> int:
+    def date_shift_days(
+        self,
+        patient_id: str,
+        issuer: str = "",
+        *,
+        name: str = "",
+        birth_date: str = "",
+        study_uid: str = "",
+    ) -> int:
         """Per-patient shift in days, in [-max_shift_days, -1]: all dates of one patient move by the
         same amount, so intervals between them survive (Retain Longitudinal Modified Dates)."""
-        digest = self._key.hmac("date-shift", _norm(patient_id))
+        domain, message = self.patient_identity(
+            patient_id, issuer, name=name, birth_date=birth_date, study_uid=study_uid
+        )
+        if domain == "patient-id":
+            digest = self._key.hmac("date-shift", message)
+        else:
+            digest = self._key.hmac("date-shift:" + domain, message)
         return -(1 + int.from_bytes(digest[:8], "big") % self.max_shift_days)
 
     def study_key(self, study_uid: str) -> str:

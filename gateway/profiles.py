@@ -81,7 +81,14 @@ def build_deidentifier(cfg: GatewayConfig, profile_name: str, key: ProjectKey) -
         trial_subject(cfg),
         patient_id_prefix=cfg.project.subject_id_prefix,
         max_shift_days=cfg.project.max_date_shift_days,
+        default_issuer=default_issuer(cfg),
     )
 
 
-__all__ = ["build_deidentifier", "build_profile", "trial_subject"]
+def default_issuer(cfg: GatewayConfig) -> str:
+    """The Issuer of Patient ID assumed for this site's own patient IDs: patient pseudonyms are
+    keyed on issuer + ID, so two sites' patient "12345" stay two research subjects."""
+    return (cfg.project.patient_id_issuer or cfg.site.name or cfg.site.id or "").strip()
+
+
+__all__ = ["build_deidentifier", "build_profile", "default_issuer", "trial_subject"]

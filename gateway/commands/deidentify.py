@@ -7,13 +7,15 @@ A file that cannot be processed is reported with its reason and skipped; the oth
 status is 1 when any failed. DICOMDIR files are skipped (an index, not an instance).
 
 `deid-gateway explain FILE` prints, per attribute at every depth, the action and why. It prints no
-values, and its decisions do not depend on the key, so it runs with a throw-away key.
+values, and its decisions do not depend on the key, so it runs with a throw-away key. `--tag`
+(keyword or tag) narrows it to some attributes, or without FILE prints the profile's rule.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from deid_core.errors import DeidGatewayError
+from deid_core.errors import DeidGatewayError, InvalidInputError
 from deid_core.keys import ProjectKey
 from gateway.commands import err, out
 from gateway.config import GatewayConfig, load_config
@@ -232,25 +234,70 @@ def deidentify(
         raise typer.Exit(1)
 
 
+_TAG_TEXT = re.compile(r"^\(?\s*(?:0x)?([0-9A-Fa-f]{4})\s*,?\s*([0-9A-Fa-f]{4})\s*\)?$")
+
+
+def parse_attribute(text: str) -> int:
+    """A tag from a keyword (PatientName) or a tag ((0010,0010), 0010,0010, 00100010,
+    0x00100010). An unknown one is a clear error, not a KeyError."""
+    from pydicom.datadict import dictionary_has_tag, tag_for_keyword
+
+    value = text.strip()
+    match = _TAG_TEXT.match(value)
+    if match:
+        tag = int(match.group(1) + match.group(2), 16)
+        if (tag >> 16) & 1 or dictionary_has_tag(tag) or 0x5000 <= tag >> 16 <= 0x60FF:
+            return tag
+        raise InvalidInputError(
+            f"--tag {value}: not in the DICOM dictionary (its rule: removed as unknown)"
+        )
+    found = tag_for_keyword(value) if value.isidentifier() else None
+    if found is None:
+        raise InvalidInputError(
+            f"--tag {value!r}: not a DICOM keyword or tag; give a keyword such as PatientName "
+            "or a tag such as (0010,0010)"
+        )
+    return int(found)
+
+
 def explain(
-    file: Annotated[Path, typer.Argument(help="a DICOM file")],
+    file: Annotated[Path | None, typer.Argument(help="a DICOM file (optional with --tag)")] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML configuration (default: the embedded one)")
     ] = None,
     profile: Annotated[
         str, typer.Option("--profile", help="profile name in the config")
     ] = "default",
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag",
+            help="only these attributes (keyword or tag; repeatable); without FILE: the "
+            "profile's rule for each",
+        ),
+    ] = None,
 ) -> None:
     """Print, per attribute (at every depth), the action and why. Prints no values."""
     from dicom_io.files import read_dataset
     from gateway.profiles import build_deidentifier
 
+    wanted = {parse_attribute(t) for t in tag or ()}
+    if file is None and not wanted:
+        raise InvalidInputError("explain: give a DICOM file, or --tag ATTRIBUTE, or both")
     cfg = load_config(config or DEFAULT_CONFIG)
     _quiet_pydicom()
     # Decisions never depend on the key: a throw-away key avoids needing the secret here.
     deid = build_deidentifier(cfg, profile, ProjectKey.generate())
+    if file is None:
+        _explain_rules(deid, sorted(wanted))
+        return
     ds = read_dataset(file)
     decisions = deid.explain(ds)
+    if wanted:
+        texts = {f"({t >> 16:04X},{t & 0xFFFF:04X})" for t in wanted}
+        decisions = [d for d in decisions if d.tag in texts]
+        if not decisions:
+            out.print("none of the given attributes occurs in this file (see --tag without FILE)")
     if out.is_terminal:
         table = Table(title=f"{file.name}: profile {profile!r}", expand=False)
         for column in ("attribute", "tag", "action", "rule", "why"):
@@ -262,6 +309,27 @@ def explain(
         out.print("attribute\ttag\taction\trule\twhy", markup=False)
         for d in decisions:
             out.print(f"{d.path}\t{d.tag}\t{d.action}\t{d.rule}\t{d.reason}", markup=False)
+    options = ", ".join(sorted(o.value for o in deid.profile.options)) or "none"
+    out.print(f"options: {options}; table edition {deid.profile.table.edition}")
+
+
+def _explain_rules(deid: Deidentifier, tags: list[int]) -> None:
+    """The profile's rule per attribute, without a file (combined codes such as X/Z/D are settled
+    by the attribute's Type in each instance's IOD)."""
+    from deid_core.profile import keyword_of
+
+    out.print("attribute\ttag\trule\twhy", markup=False)
+    for t in tags:
+        text = f"({t >> 16:04X},{t & 0xFFFF:04X})"
+        if (t >> 16) & 1:
+            out.print(
+                f"{text}\t{text}\tX\tprivate attribute: removed unless retain_safe_private "
+                "keeps it by its private creator",
+                markup=False,
+            )
+            continue
+        rule = deid.profile.rule(t)
+        out.print(f"{keyword_of(t) or text}\t{text}\t{rule.code}\t{rule.reason}", markup=False)
     options = ", ".join(sorted(o.value for o in deid.profile.options)) or "none"
     out.print(f"options: {options}; table edition {deid.profile.table.edition}")
 

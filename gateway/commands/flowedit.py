@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -19,9 +19,6 @@ import typer
 from deid_core.errors import ConfigError, InvalidInputError
 from gateway.commands import err, out
 from gateway.commands.model import offline_ml_environment
-
-if TYPE_CHECKING:
-    from deid_core.keys import ProjectKey
 
 _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -73,13 +70,6 @@ def _write_image(path: Path, rgb: np.ndarray, mode: str, alpha: np.ndarray | Non
         image.save(path, format=fmt)
 
 
-def _keyed_uid(key: ProjectKey, original_uid: str) -> str:
-    """A 2.25 UID from the project key and the original UID (until the metadata step's keyed UID
-    mapping is wired into this command; the gateway pipeline passes that mapping's UID)."""
-    digest = key.hmac("uid", original_uid.encode("ascii"))
-    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
-
-
 def flowedit(
     source: Annotated[Path, typer.Argument(help="input PNG/JPEG/TIFF or DICOM file")],
     target: Annotated[Path, typer.Argument(help="output file (DICOM in gives DICOM out)")],
@@ -122,6 +112,12 @@ def flowedit(
     from deid_core.model_dir import verify_model_dir
 
     verify_model_dir(model_dir)  # a missing file is reported before a minute of imports
+    if _is_dicom(source) and key_file is None and sop_instance_uid is None:
+        # A random UID would give a retry a second instance; the gateway derives it keyed.
+        raise ConfigError(
+            "a DICOM output needs --key (its SOP Instance UID is derived from the project key, "
+            "as the gateway does) or an explicit --sop-instance-uid"
+        )
     offline_ml_environment()
     import torch
 
@@ -190,15 +186,14 @@ def flowedit(
 
     target.parent.mkdir(parents=True, exist_ok=True)
     if ds is not None:
-        from pydicom.uid import generate_uid
-
+        from deid_core.pseudonyms import Pseudonymizer
         from dicom_io.pixels import save_instance, write_derived_instance
 
         if sop_instance_uid is None:
+            assert key is not None  # checked above, before loading the model
             original = str(ds.get("SOPInstanceUID", "")) or instance
-            sop_instance_uid = (
-                _keyed_uid(key, original) if key is not None else generate_uid(prefix=None)
-            )
+            # The same keyed derivation as the gateway's pixel step (gateway/photo.py).
+            sop_instance_uid = Pseudonymizer(key).derived_uid(original, "flowedit")
         derived = write_derived_instance(
             ds,
             edited,

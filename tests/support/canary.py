@@ -4,7 +4,8 @@ Every attribute of PS3.15 Table E.1-1 (basic action never K) gets a unique canar
 level, and a rotating share of them again inside sequence items at depth 1 and 2; private blocks
 (a private creator that is itself a canary, plain private elements, a private sequence with public
 and private canaries inside, a large private block), non-table free text, overlay and curve groups,
-an icon image, the File Meta Information and the 128-byte preamble carry canaries too. Instances
+an icon image, the File Meta Information, the 128-byte preamble and the COM/APP1 segments of
+compressed frames carry canaries too. Instances
 refer to each other (study, series, frame of reference, referenced instance) with the original UIDs
 so that a test can check the references still resolve after de-identification.
 
@@ -16,6 +17,7 @@ leaked ones); dates, times, numbers and UIDs cannot carry that prefix and are li
 from __future__ import annotations
 
 import random
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames, parse_basic_offsets
 from pydicom.sequence import Sequence
 
 from deid_core.standard import TableRow, load_table
@@ -288,6 +291,48 @@ def plant_dataset(
     icon.add_new(0x7FE00010, "OB", planter.text(16).encode())
     ds.IconImageSequence = Sequence([icon])
     _plant_private(ds, planter, big=index % 4 == 0, hostile=hostile)
+    _plant_pixel_comments(ds, planter)
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _j2k_main_header_end(frame: bytes) -> int | None:
+    """Offset of the first SOT of a JPEG 2000 codestream (end of its main header)."""
+    i = 2
+    while i + 4 <= len(frame) and frame[i] == 0xFF:
+        if frame[i + 1] == 0x90:
+            return i
+        i += 2 + struct.unpack(">H", frame[i + 2 : i + 4])[0]
+    return None
+
+
+def _plant_pixel_comments(ds: Dataset, planter: _Planter) -> None:
+    """Compressed frames carry text outside the header: a COM segment (and for JPEG an XMP
+    APP1) with a canary in every JPEG / JPEG 2000 frame. Decoders ignore them."""
+    if "PixelData" not in ds or not ds["PixelData"].is_undefined_length:
+        return
+    frames = list(
+        generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
+    )
+    planted = []
+    for frame in frames:
+        if frame.startswith(b"\xff\xd8"):
+            text = planter.text(16).encode()
+            xmp = b"http://ns.adobe.com/xap/1.0/\x00" + planter.text(16).encode()
+            frame = frame[:2] + _segment(0xFE, text) + _segment(0xE1, xmp) + frame[2:]
+        elif frame.startswith(b"\xff\x4f\xff\x51"):
+            at = _j2k_main_header_end(frame)
+            if at is None:
+                return
+            frame = (
+                frame[:at] + _segment(0x64, b"\x00\x01" + planter.text(16).encode()) + frame[at:]
+            )
+        else:
+            return  # RLE and others: no place for text
+        planted.append(frame)
+    ds.PixelData = encapsulate(planted, has_bot=bool(parse_basic_offsets(ds.PixelData)))
 
 
 def build_corpus(

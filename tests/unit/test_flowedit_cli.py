@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from deid_core.keys import ProjectKey
 from deid_core.models import build_tiny_model
+from deid_core.pseudonyms import Pseudonymizer
 from dicom_io.pixels import read_frames_rgb
 from tests.conftest import REPO, run_cli
 
@@ -104,7 +106,11 @@ def test_flowedit_dicom_offline_gives_a_derived_instance(
     source = pydicom.dcmread(source_path)
     edited = pydicom.dcmread(out)
     assert edited.SOPInstanceUID != source.SOPInstanceUID
-    assert edited.SOPInstanceUID.startswith("2.25.")
+    # Keyed exactly as the gateway's pixel step derives it: a retry gives the same instance,
+    # and it is not the metadata pseudonym of the original instance.
+    pseudo = Pseudonymizer(ProjectKey(key_file.read_bytes()))
+    assert edited.SOPInstanceUID == pseudo.derived_uid(source.SOPInstanceUID, "flowedit")
+    assert edited.SOPInstanceUID != pseudo.uid(source.SOPInstanceUID)
     assert str(edited.file_meta.TransferSyntaxUID) == pydicom.uid.RLELossless
     for keyword in ("Rows", "Columns", "PhotometricInterpretation", "BitsStored"):
         assert edited[keyword].value == source[keyword].value
@@ -174,4 +180,11 @@ def test_flowedit_errors_are_one_clear_line(tmp_path: Path, tiny_sd3: Path, key_
     )
     assert both.returncode == 2
     assert "--seed or --key" in both.stderr
+    assert not (tmp_path / "o.dcm").exists()
+    # DICOM out without a key: no random UID, a clear error before any model loads.
+    unkeyed = run_cli(
+        ["flowedit", str(source), str(tmp_path / "o.dcm"), "--model", str(tiny_sd3), *common]
+    )
+    assert unkeyed.returncode == 2
+    assert "--key" in unkeyed.stderr and "Traceback" not in unkeyed.stderr
     assert not (tmp_path / "o.dcm").exists()

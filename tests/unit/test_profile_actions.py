@@ -10,6 +10,7 @@ from deid_core import iod
 from deid_core.actions import Action, resolve
 from deid_core.deidentify import Deidentifier
 from deid_core.keys import ProjectKey
+from deid_core.options import ProfileOption
 from deid_core.profile import ConfidentialityProfile
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -68,7 +69,12 @@ def test_engine_uses_the_iod_of_the_instance() -> None:
     deid = Deidentifier(ConfidentialityProfile(), ProjectKey(b"k" * 40))
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     sr = pydicom.dcmread(get_testdata_file("test-SR.dcm"))
-    out_ct, out_sr = deid.deidentify(ct), deid.deidentify(sr)
+    # An SR is de-identified only by a profile that accepts cleaning its content.
+    deid_sr = Deidentifier(
+        ConfidentialityProfile(frozenset({ProfileOption.CLEAN_STRUCTURED_CONTENT})),
+        ProjectKey(b"k" * 40),
+    )
+    out_ct, out_sr = deid.deidentify(ct), deid_sr.deidentify(sr)
     assert out_ct.ContentDate == ""
     assert out_sr.ContentDate == "19000101" and sr.ContentDate != "19000101"
     # Institution Name (X/Z/D) is Type 3 in CT: removed.

@@ -54,7 +54,11 @@ def test_deidentifier_carries_the_trial_and_subject_policy(key_file: Path) -> No
     cfg = parse_config(_cfg(key_file))
     deid = build_deidentifier(cfg, "default", cfg.load_key())
     out = deid.deidentify(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
-    expected = Pseudonymizer(cfg.load_key(), patient_id_prefix="ST7-").patient_id("1CT1")
+    # Keyed on the site's name as the default Issuer of Patient ID (CT_small names none).
+    expected = Pseudonymizer(cfg.load_key(), patient_id_prefix="ST7-").patient_id(
+        "1CT1", issuer="Site Seven"
+    )
+    assert expected != Pseudonymizer(cfg.load_key(), patient_id_prefix="ST7-").patient_id("1CT1")
     assert out.PatientID == expected == out.ClinicalTrialSubjectID
     assert out.ClinicalTrialSiteName == "Site Seven"
     assert out.ClinicalTrialProtocolName == "Protocol"
@@ -98,3 +102,14 @@ def test_unknown_profile_and_bad_trial_values(key_file: Path) -> None:
     data["project"]["subject_id_prefix"] = "has space"
     with pytest.raises(ConfigError, match="subject_id_prefix"):
         parse_config(data)
+
+
+def test_configured_patient_id_issuer_overrides_the_site_name(key_file: Path) -> None:
+    data = _cfg(key_file)
+    data["project"]["patient_id_issuer"] = "MRN.HOSPITAL-A"
+    cfg = parse_config(data)
+    deid = build_deidentifier(cfg, "default", cfg.load_key())
+    out = deid.deidentify(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
+    pseudo = Pseudonymizer(cfg.load_key(), patient_id_prefix="ST7-")
+    assert out.PatientID == pseudo.patient_id("1CT1", issuer="MRN.HOSPITAL-A")
+    assert out.PatientID != pseudo.patient_id("1CT1", issuer="Site Seven")

@@ -226,12 +226,16 @@ def test_dates_shift_per_patient_and_keep_intervals() -> None:
     assert (dt.datetime(2020, 1, 1) - da).days == -shift
     assert out_a.AcquisitionDateTime.endswith("235959.5+0100")
     assert out_a.StudyTime == a.StudyTime  # times of day survive a whole-day shift
+    # Another patient's dates move by that patient's own shift (a different one under this key):
+    # the same original date no longer lines up across patients.
     other = _ct()
     other.PatientID = "someone else"
     other.StudyDate = "20200101"
-    assert deid.deidentify(other).StudyDate != out_a.StudyDate or shift == Pseudonymizer(
-        KEY
-    ).date_shift_days("someone else")
+    other_shift = Pseudonymizer(KEY).date_shift_days("someone else")
+    assert other_shift != shift
+    out_other = dt.datetime.strptime(deid.deidentify(other).StudyDate, "%Y%m%d")
+    assert (dt.datetime(2020, 1, 1) - out_other).days == -other_shift
+    assert out_other != da
 
 
 def test_same_key_same_output_different_key_unrelated() -> None:
@@ -284,3 +288,57 @@ def test_wrong_vr_and_bad_values_give_valid_output() -> None:
     assert back.StudyDate == ""  # unreadable date: the basic action (Z) instead of a shift
     assert "Mr X" not in str(back.get("StudyDescription", ""))
     assert b"2020-13-45" not in encode_dataset(out)
+
+
+def _pids(deid: Deidentifier, *datasets: Dataset) -> list[str]:
+    outs = [deid.deidentify(ds) for ds in datasets]
+    for out in outs:
+        assert out.PatientID == out.PatientName
+    return [str(out.PatientID) for out in outs]
+
+
+def test_same_patient_id_from_two_issuers_gives_two_subjects() -> None:
+    a, b, again = _ct(), _ct(), _ct()
+    a.IssuerOfPatientID, b.IssuerOfPatientID, again.IssuerOfPatientID = "HOSP_A", "HOSP_B", "HOSP_A"
+    pa, pb, pa2 = _pids(_deid(), a, b, again)
+    assert pa != pb
+    assert pa == pa2
+    # No issuer in the data: the configured default issuer (the site) separates two sites.
+    site_a = Deidentifier(ConfidentialityProfile(), KEY, default_issuer="Site A")
+    site_b = Deidentifier(ConfidentialityProfile(), KEY, default_issuer="Site B")
+    assert _pids(site_a, _ct()) != _pids(site_b, _ct())
+    # An issuer in the data wins over the default.
+    assert _pids(site_b, copy.deepcopy(a)) == [pa]
+    # Via the qualifiers sequence (Universal Entity ID) when (0010,0021) is absent.
+    q = _ct()
+    item = Dataset()
+    item.UniversalEntityID = "HOSP_A"
+    item.UniversalEntityIDType = "DNS"
+    q.IssuerOfPatientIDQualifiersSequence = Sequence([item])
+    assert _pids(_deid(), q) == [pa]
+
+
+def test_patients_without_id_do_not_share_one_pseudonym() -> None:
+    def no_id(name: str, dob: str, study: str) -> Dataset:
+        ds = _ct()
+        ds.PatientID = ""
+        ds.PatientName = name
+        ds.PatientBirthDate = dob
+        ds.StudyInstanceUID = study
+        return ds
+
+    deid = _deid()
+    doe, roe, doe_again = _pids(
+        deid,
+        no_id("Doe^John", "19700101", "1.2.3.1"),
+        no_id("Roe^Jane", "19700101", "1.2.3.2"),
+        no_id("Doe^John", "19700101", "1.2.3.3"),
+    )
+    assert doe != roe
+    assert doe == doe_again  # name + birth date link one patient's studies
+    s1, s2, s1_again = _pids(
+        deid, no_id("", "", "1.2.3.1"), no_id("", "", "1.2.3.2"), no_id("", "", "1.2.3.1")
+    )
+    assert s1 != s2
+    assert s1 == s1_again
+    assert len({doe, roe, s1, s2}) == 4

@@ -226,7 +226,8 @@ TABLE_OPTIONS = [o for o in TABLE_COLUMNS if o is not ProfileOption.RETAIN_SAFE_
 
 @pytest.mark.parametrize("option", TABLE_OPTIONS, ids=lambda o: o.value)
 def test_option_changes_exactly_its_table_column(planted: Dataset, option: ProfileOption) -> None:
-    shift = Pseudonymizer(KEY).date_shift_days(PATIENT_ID)
+    issuer = str(planted.get("IssuerOfPatientID", ""))
+    shift = Pseudonymizer(KEY).date_shift_days(PATIENT_ID, issuer)
     basic = _run(frozenset(), planted)
     with_option = _run(frozenset({option}), planted)
     problems = _check_level(basic, with_option, option, 0, shift)

@@ -59,8 +59,11 @@ def test_patient_id_and_name_agree_and_fit_their_vrs() -> None:
     assert re.fullmatch(r"ST01-[0-9A-F]{16}", pid)
     assert p.patient_name("12345", "Doe^John") == pid
     assert len(pid) <= 64
-    # Without a patient ID the name decides; different names give different pseudonyms.
-    assert p.patient_name("", "Doe^John") != p.patient_name("", "Roe^Jane")
+    # Without a patient ID name and birth date decide; different names give different pseudonyms.
+    dob = "19700101"
+    assert p.patient_name("", "Doe^John", birth_date=dob) != p.patient_name(
+        "", "Roe^Jane", birth_date=dob
+    )
 
 
 def test_date_shift_is_per_patient_stable_and_in_range() -> None:
@@ -81,3 +84,36 @@ def test_study_key_is_short_and_keyed() -> None:
 def test_bad_prefix_is_refused() -> None:
     with pytest.raises(ValueError):
         Pseudonymizer(KEY_A, patient_id_prefix="has space")
+
+
+def test_patient_id_is_keyed_on_issuer_and_id() -> None:
+    p = Pseudonymizer(KEY_A)
+    a, b = p.patient_id("12345", issuer="HOSP_A"), p.patient_id("12345", issuer="HOSP_B")
+    assert a != b  # two hospitals' patient 12345 are two research subjects
+    assert a == Pseudonymizer(KEY_A).patient_id("12345", issuer=" HOSP_A ")  # padding aside
+    # Issuer and ID are joined unambiguously.
+    assert p.patient_id("BC", issuer="A") != p.patient_id("C", issuer="AB")
+    # Without an issuer the pseudonym is what it always was (existing projects keep theirs).
+    legacy = "SUBJ-" + KEY_A.hmac("patient-id", b"12345").hex()[:16].upper()
+    assert p.patient_id("12345") == legacy
+    assert p.patient_id("12345") not in (a, b)
+
+
+def test_patient_without_id_falls_back_to_name_and_birth_date_then_study() -> None:
+    p = Pseudonymizer(KEY_A)
+    doe = p.patient_id("", name="Doe^John", birth_date="19700101")
+    assert doe == p.patient_id("", name="DOE^JOHN^^^", birth_date="19700101")
+    assert doe != p.patient_id("", name="Roe^Jane", birth_date="19700101")
+    assert doe != p.patient_id("", name="Doe^John", birth_date="19700102")
+    # Nothing identifies the patient: one pseudonym per study, never one for all of them.
+    s1 = p.patient_id("", study_uid="1.2.3.1")
+    s2 = p.patient_id("", study_uid="1.2.3.2")
+    assert s1 != s2
+    assert s1 == p.patient_id("", study_uid="1.2.3.1")
+    assert len({doe, s1, s2, p.patient_id("", name="Roe^Jane")}) == 4
+    # A birth date or a name alone would merge strangers: they key per study instead.
+    assert p.patient_id("", birth_date="19700101", study_uid="1.2.3.1") == s1
+    assert p.patient_id("", name="UNKNOWN", study_uid="1.2.3.2") == s2
+    # The name pseudonym agrees with the ID pseudonym.
+    assert p.patient_name("", "Doe^John", birth_date="19700101") == doe
+    assert p.date_shift_days("", name="Doe^John") == p.date_shift_days("", name="Doe^John")
