@@ -230,6 +230,10 @@ class StorageConfig(StrictModel):
     min_free_bytes: int = Field(default=1 << 30, ge=0)
     #: A study is complete once no instance has arrived for this long.
     study_stable_seconds: float = Field(default=30.0, ge=0)
+    #: An instance whose processing failed unexpectedly (a bug, a hostile file) this many times,
+    #: or crashed the process as often, is quarantined as processing_error. At least 2: after a
+    #: crash the first retry of a study goes instance by instance.
+    max_processing_attempts: int = Field(default=3, ge=2)
 
 
 class RetryPolicy(StrictModel):

@@ -44,6 +44,8 @@ class QuarantineReason(StrEnum):
     LESION_MASK_UNRELIABLE = "lesion_mask_unreliable"
     DEAD_LETTER = "dead_letter"
     UNREADABLE = "unreadable"
+    #: processing raised an unexpected error (or crashed the process) too many times
+    PROCESSING_ERROR = "processing_error"
 
 
 class Stage(StrEnum):
@@ -155,6 +157,20 @@ class InstanceRejected(GatewayEvent):
 
     route: str
     reason: QuarantineReason
+    study_key: str = ""
+    association_id: str = ""
+
+
+#: Why an instance was lost (`InstanceLost.reason`).
+LOST_REASONS = ("spool_file_missing",)
+
+
+@dataclass(frozen=True)
+class InstanceLost(GatewayEvent):
+    """An acknowledged instance whose spool file vanished before it was processed (deleted by
+    hand, a restored backup, a file system fault): nothing left to send or quarantine."""
+
+    reason: str  # one of LOST_REASONS
     study_key: str = ""
     association_id: str = ""
 

@@ -69,7 +69,9 @@ if TYPE_CHECKING:
 LOG = get_logger("gateway.node")
 
 #: Journal states whose instances wait for nothing more (not backlog).
-FINISHED_STATES = frozenset({InstanceState.FORWARDED.value, InstanceState.QUARANTINED.value})
+FINISHED_STATES = frozenset(
+    {InstanceState.FORWARDED.value, InstanceState.QUARANTINED.value, InstanceState.LOST.value}
+)
 #: Longest silence of the DICOM accept loop (it beats about every half second) before /healthz
 #: calls the process stuck.
 LISTENER_MAX_SILENCE_S = 30.0
