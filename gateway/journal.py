@@ -366,14 +366,15 @@ class Journal:
         rows = self._query("SELECT * FROM instances WHERE id=?", (instance_id,))
         return _instance(rows[0]) if rows else None
 
-    def count_attempts(self, instance_ids: Sequence[int]) -> None:
+    def count_attempts(self, instance_ids: Sequence[int], delta: int = 1) -> None:
         """The pipeline is about to process these instances: count one attempt each, committed
-        first, so an instance that crashes the process is also counted (and given up on)."""
+        first, so an instance that crashes the process is also counted (and given up on).
+        `delta=-1` takes back an attempt that failed for a reason not the instance's own."""
         now = time.time()
         with self.transaction() as db:
             db.executemany(
-                "UPDATE instances SET attempts=attempts+1, updated_at=? WHERE id=?",
-                [(now, i) for i in instance_ids],
+                "UPDATE instances SET attempts=MAX(attempts+?, 0), updated_at=? WHERE id=?",
+                [(delta, now, i) for i in instance_ids],
             )
 
     def mark_lost(self, instance_id: int, reason: str) -> None:

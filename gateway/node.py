@@ -386,15 +386,21 @@ class GatewayNode:
             self.monitoring.liveness.unregister(loop)
 
     def _recover(self, storage: Storage) -> None:
+        started = time.time()
         partial = storage.spool.remove_partial_files()
         adopted = adopt_orphans(storage.spool, storage.journal, self.key)
-        outbox_orphans = storage.outbox.remove_orphans(storage.journal.live_outbox_paths())
+        # originals of finished instances whose deletion a crash cut off (after the commit)
+        leftovers = storage.spool.remove_finished(storage.journal.finished_spool_paths())
+        outbox_orphans = storage.outbox.remove_orphans(
+            storage.journal.live_outbox_paths, older_than=started
+        )
         quarantine_orphans = storage.quarantine.remove_orphans()
         states = storage.journal.state_counts()
         LOG.info(
             "recovered",
             partial_files_removed=partial,
             spool_files_adopted=adopted,
+            spool_leftovers_removed=leftovers,
             outbox_orphans_removed=outbox_orphans,
             quarantine_orphans_removed=quarantine_orphans,
             waiting=states.get("received", 0),

@@ -20,7 +20,10 @@ finds no row and is ignored.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
+import sqlite3
 import threading
 import time
 import traceback
@@ -258,6 +261,14 @@ class Pipeline:
                 else:
                     route_name = self._process_instance(row, result, staged)
             except Exception as exc:
+                if _storage_fault(exc):
+                    # Not the instance's fault (disk full, I/O error): uncount the attempt, keep
+                    # what is done, and let the assembler try the study again later.
+                    with contextlib.suppress(Exception):
+                        self.journal.count_attempts([row.id], -1)
+                        if staged:
+                            self.journal.mark_queued_many(staged, study_key)
+                    raise
                 route_name = self._processing_failed(row, result, exc, attempt, limit)
             if route_name is not None:
                 routed[route_name] += 1
@@ -711,3 +722,15 @@ def _error_location(exc: BaseException) -> str:
     last = frames[-1]
     where = "/".join(last.filename.replace("\\", "/").split("/")[-2:])
     return f"{_safe_error(exc)} at {where}:{last.lineno} in {last.name}"
+
+
+#: errno values of a storage fault: the gateway's own disk, not the instance.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def _storage_fault(exc: BaseException) -> bool:
+    """The error comes from the gateway's own storage (spool, outbox, quarantine, journal)
+    rather than from the instance: it must not count against the instance."""
+    if isinstance(exc, sqlite3.Error):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS

@@ -102,3 +102,49 @@ def test_a_poisoned_instance_is_quarantined_and_every_other_instance_is_delivere
         assert "PID-4711" not in delivered
     finally:
         archive.stop()
+
+
+def test_restart_removes_leftovers_and_keeps_every_file_a_row_needs(tmp_path: Path) -> None:
+    """Files no journal row needs (outbox copies and quarantine folders written just before a
+    crash, spool originals of finished instances whose deletion the crash interrupted) are
+    removed on start; spool files of unfinished rows, and of no row at all, stay."""
+    require_dcmtk()
+    archive = FolderArchive(tmp_path / "archive")
+    _, archive_port = archive.start()
+    # the archive is stopped: copies stay pending in the outbox
+    archive.stop()
+    cfg = _config(tmp_path, archive_port, study_stable_seconds=0.3)
+    studies = write_instances(tmp_path / "in", studies=2, per_study=2)
+    files = [f for study in studies.values() for f in study]
+    with running_node(cfg) as (node, _):
+        host, port = node.address  # type: ignore[misc]
+        assert storescu(host, port, MODALITY_AE, GATEWAY_AE, files).returncode == 0
+        assert wait_until(lambda: node.backlog().journal_states["queued"] == 4, 30)
+    s = cfg.storage
+    journal = Journal(s.journal)
+    pending = journal.live_outbox_paths()
+    received_before = set(journal.known_spool_paths())
+    # a quarantined instance whose spool original survived a crash between commit and unlink
+    done = journal.add_received("incoming/20000101/finished.dcm", "study-done")
+    journal.mark_quarantined(done, "q-1111111111111111", "no_route", "", "study-done")
+    journal.close()
+    (s.spool_dir / "incoming/20000101").mkdir(parents=True)
+    finished_original = s.spool_dir / "incoming/20000101/finished.dcm"
+    finished_original.write_bytes(files[0].read_bytes())
+    # an outbox copy and a quarantine folder written just before a crash, with no row
+    orphan_copy = s.outbox_dir / "archive" / "0123456789abcdef" / "orphan.dcm"
+    orphan_copy.parent.mkdir(parents=True)
+    orphan_copy.write_bytes(b"copy")
+    orphan_entry = s.quarantine_dir / "q-0000000000000000"
+    orphan_entry.mkdir()
+    (orphan_entry / "instance.dcm").write_bytes(b"held")
+
+    with running_node(cfg) as (node, _):
+        assert not orphan_copy.exists()
+        assert not orphan_entry.exists()
+        assert not finished_original.exists()
+        for relative in pending:
+            assert (s.outbox_dir / relative).is_file(), relative
+        for relative in received_before:
+            assert (s.spool_dir / relative).is_file(), relative
+        assert node.backlog().journal_states["queued"] == 4

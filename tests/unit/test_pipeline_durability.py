@@ -98,9 +98,7 @@ def _pipeline(
     )
 
 
-def _poisoned_factory(
-    cfg: GatewayConfig, uid: str, error: type[BaseException]
-) -> _Poisoned:
+def _poisoned_factory(cfg: GatewayConfig, uid: str, error: type[BaseException]) -> _Poisoned:
     real = default_deidentifier_factory()(cfg, "default", ProjectKey(KEY_TEXT.encode()))
     return _Poisoned(real, uid, error)
 
@@ -218,3 +216,81 @@ def test_a_missing_spool_file_ends_lost_and_the_rest_goes_on(
     pipeline.process_study(STUDY)
     assert len(recorder.of(InstanceLost)) == 1
     storage.close()
+
+
+def test_a_full_disk_does_not_count_against_the_instance(
+    cfg: GatewayConfig, tmp_path: Path
+) -> None:
+    """ENOSPC while writing the outbox copy is the gateway's fault, not the instance's: the study
+    waits (the error reaches the assembler, which tries again later) and nothing is quarantined,
+    however many turns the disk stays full."""
+    import errno
+
+    storage = Storage.open(cfg)
+    _spool_study(storage, tmp_path / "in", 2)
+    pipeline = _pipeline(cfg, storage, _poisoned_factory(cfg, "", KeyError), EventRecorder())
+    real_put = storage.outbox.put
+
+    def full(destination: str, study_key: str, data: bytes) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    storage.outbox.put = full  # type: ignore[method-assign]
+    for _ in range(cfg.storage.max_processing_attempts + 2):
+        with pytest.raises(OSError):
+            pipeline.process_study(STUDY)
+    assert storage.quarantine.list() == []
+    assert storage.journal.state_counts()[InstanceState.RECEIVED.value] == 2
+    storage.outbox.put = real_put  # type: ignore[method-assign]
+    assert pipeline.process_study(STUDY).queued == 2
+    storage.close()
+
+
+def test_outbox_orphans_older_than_the_start_go_and_referenced_copies_stay(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    from gateway.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    old_orphan = outbox.put("archive", "s1", b"orphan")
+    pending = outbox.put("archive", "s1", b"pending")
+    committed_meanwhile = outbox.put("archive", "s2", b"row committed during the scan")
+    being_written = outbox.put("archive", "s3", b"a release writing it now")
+    start = 1_000_000.0
+    for relative in (old_orphan, pending, committed_meanwhile):
+        os.utime(outbox.path(relative), (start - 60, start - 60))
+    os.utime(outbox.path(being_written), (start + 1, start + 1))
+    answers = iter([{pending}, {pending, committed_meanwhile}])
+
+    assert outbox.remove_orphans(lambda: next(answers), older_than=start) == 1
+    assert not outbox.path(old_orphan).exists()
+    for kept in (pending, committed_meanwhile, being_written):
+        assert outbox.path(kept).read_bytes(), kept
+
+
+def test_commits_before_a_file_is_deleted_are_synced_and_others_are_not(tmp_path: Path) -> None:
+    """A commit after which a file is deleted fsyncs the WAL (synchronous=FULL, 2) so a power
+    loss cannot roll the row back to a state that needs the deleted file; ordinary commits stay
+    NORMAL (1)."""
+    from gateway.journal import Journal
+
+    journal = Journal(tmp_path / "journal.sqlite")
+    seen: list[int] = []
+    with journal.transaction() as db:
+        seen.append(db.execute("PRAGMA synchronous").fetchone()[0])
+    with journal.transaction(durable=True) as db:
+        seen.append(db.execute("PRAGMA synchronous").fetchone()[0])
+    with journal.transaction() as db:
+        seen.append(db.execute("PRAGMA synchronous").fetchone()[0])
+    assert seen == [1, 2, 1]
+    # the commits that precede a deletion are the durable kind
+    iid = journal.add_received("incoming/x/a.dcm", "s")
+    [oid] = journal.mark_queued(iid, "all", [("archive", "archive/s/a.dcm")], "s")
+    synced: list[str] = []
+    journal._db.set_trace_callback(lambda sql: synced.append(sql))
+    journal.mark_sent([oid])
+    assert journal.finished_instances([iid])
+    journal._db.set_trace_callback(None)
+    assert synced.count("PRAGMA synchronous=FULL") == 2
+    journal.close()
