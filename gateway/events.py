@@ -46,6 +46,8 @@ class QuarantineReason(StrEnum):
     UNREADABLE = "unreadable"
     #: processing raised an unexpected error (or crashed the process) too many times
     PROCESSING_ERROR = "processing_error"
+    #: a queued de-identified copy vanished from the outbox before it was sent
+    OUTBOX_FILE_MISSING = "outbox_file_missing"
 
 
 class Stage(StrEnum):

@@ -13,9 +13,10 @@ import pytest
 from pydicom import Dataset
 
 from deid_core.keys import ProjectKey
+from dicom_io.scp import ReceivedInstance, StoreRefused
 from gateway.config import GatewayConfig
 from gateway.demo import FolderArchive
-from gateway.events import QuarantineReason
+from gateway.events import ForwardFailed, QuarantineReason
 from gateway.journal import Journal
 from gateway.pipeline import default_deidentifier_factory
 from tests.support.dcmtk import require_dcmtk, storescu
@@ -148,3 +149,104 @@ def test_restart_removes_leftovers_and_keeps_every_file_a_row_needs(tmp_path: Pa
         for relative in received_before:
             assert (s.spool_dir / relative).is_file(), relative
         assert node.backlog().journal_states["queued"] == 4
+
+
+class _Archive(FolderArchive):
+    """A storage SCP that answers 0xA700 (out of resources, retried) while `accept` is False and
+    refuses the instances in `refuse` (their SOP Instance UIDs, or the first one it sees when
+    `refuse_first`) with `refusal_status` for ever."""
+
+    def __init__(self, folder: Path, accept: bool = True, refuse_first: bool = False) -> None:
+        super().__init__(folder)
+        self.accept = accept
+        self.refuse_first = refuse_first
+        self.refuse: set[str] = set()
+        self.refusal_status = 0xA900
+        self.refusals = 0
+
+    def store(self, instance: ReceivedInstance) -> None:
+        if not self.accept:
+            raise StoreRefused(0xA700, "disk_full")
+        if self.refuse_first and not self.refuse:
+            self.refuse.add(instance.sop_instance_uid)
+        if instance.sop_instance_uid in self.refuse:
+            self.refusals += 1
+            raise StoreRefused(self.refusal_status, "malformed")
+        super().store(instance)
+
+
+def test_a_vanished_or_garbled_outbox_copy_ends_alone_and_the_batch_is_delivered(
+    tmp_path: Path,
+) -> None:
+    require_dcmtk()
+    archive = _Archive(tmp_path / "archive", accept=False)
+    _, archive_port = archive.start()
+    cfg = _config(tmp_path, archive_port)
+    files = next(iter(write_instances(tmp_path / "in", studies=1, per_study=4).values()))
+    originals = {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+    try:
+        with running_node(cfg) as (node, events):
+            host, port = node.address  # type: ignore[misc]
+            assert storescu(host, port, MODALITY_AE, GATEWAY_AE, files).returncode == 0
+            assert wait_until(lambda: bool(events.of(ForwardFailed)), 30)
+        copies = sorted(cfg.storage.outbox_dir.glob("archive/*/*.dcm"))
+        assert len(copies) == 4
+        copies[0].unlink()  # vanished
+        copies[1].write_bytes(b"not a DICOM file")  # garbled
+        archive.accept = True
+        with running_node(cfg) as (node, _):
+            quarantine = node.storage.quarantine  # type: ignore[union-attr]
+            assert wait_until(lambda: archive.received == 2, 30), archive.received
+            assert wait_until(lambda: len(quarantine.list()) == 2, 10)
+            assert wait_until(lambda: node.backlog().journal_states["forwarded"] == 2, 10)
+            states = node.backlog().journal_states
+            assert states["quarantined"] == 2 and states["queued"] == 0
+            entries = {e.reason: e for e in quarantine.list()}
+            assert set(entries) == {
+                QuarantineReason.OUTBOX_FILE_MISSING.value,
+                QuarantineReason.DEAD_LETTER.value,
+            }
+            missing = quarantine.show(entries["outbox_file_missing"].id)
+            assert missing.details["last_error"] == "outbox_file_missing"
+            assert missing.details["original_kept"] is True
+            # the received original is kept: a release processes the instance again
+            kept = pydicom.dcmread(missing.folder / "instance.dcm")
+            assert str(kept.SOPInstanceUID) in originals
+            assert entries["dead_letter"].destination == "archive"
+        assert not list(cfg.storage.outbox_dir.glob("archive/*/*.dcm"))
+        assert not list(cfg.storage.spool_dir.glob("incoming/*/*.dcm"))
+    finally:
+        archive.stop()
+
+
+def test_a_permanently_refused_instance_is_dead_lettered_alone_with_its_copy(
+    tmp_path: Path,
+) -> None:
+    require_dcmtk()
+    archive = _Archive(tmp_path / "archive", refuse_first=True)
+    _, archive_port = archive.start()
+    cfg = _config(tmp_path, archive_port)
+    files = next(iter(write_instances(tmp_path / "in", studies=1, per_study=3).values()))
+    try:
+        with running_node(cfg) as (node, events):
+            host, port = node.address  # type: ignore[misc]
+            assert storescu(host, port, MODALITY_AE, GATEWAY_AE, files).returncode == 0
+            quarantine = node.storage.quarantine  # type: ignore[union-attr]
+            assert wait_until(lambda: len(quarantine.list()) == 1, 30)
+            assert wait_until(lambda: node.backlog().journal_states["forwarded"] == 2, 30)
+            states = node.backlog().journal_states
+            assert states["quarantined"] == 1 and states["queued"] == 0
+            entry = quarantine.show(quarantine.list()[0].id)
+        assert archive.received == 2
+        assert archive.refusals == 1  # refused for good: not retried 50 times
+        assert entry.row.reason == QuarantineReason.DEAD_LETTER.value
+        assert entry.details["attempts"] == 1
+        assert "0xA900" in entry.details["last_error"]
+        assert entry.folder.name.startswith("q-") and len(entry.folder.name) == 18
+        copy = pydicom.dcmread(entry.folder / "instance.dcm")
+        assert str(copy.SOPInstanceUID) in archive.refuse  # the de-identified copy
+        assert str(copy.PatientID) != "PID-4711"
+        assert {f.reason for f in events.of(ForwardFailed)} == {"status"}
+        assert not list(cfg.storage.outbox_dir.glob("archive/*/*.dcm"))
+    finally:
+        archive.stop()
