@@ -30,6 +30,8 @@ class RefusalReason(StrEnum):
     DISK_FULL = "disk_full"
     WRITE_ERROR = "write_error"
     MALFORMED = "malformed"
+    #: larger than storage.max_instance_bytes
+    TOO_LARGE = "too_large"
 
 
 class QuarantineReason(StrEnum):

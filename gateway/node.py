@@ -257,7 +257,13 @@ class GatewayNode:
 
             self.review = ReviewStation(cfg, storage, on_decision=self.forwarder.wake)
             self.review.start()
-        self.ingest = Ingest(storage.spool, storage.journal, self.key, self.events)
+        self.ingest = Ingest(
+            storage.spool,
+            storage.journal,
+            self.key,
+            self.events,
+            max_instance_bytes=cfg.storage.max_instance_bytes,
+        )
         if not self._listen:
             LOG.info(
                 "gateway_started",

@@ -250,3 +250,39 @@ def test_a_permanently_refused_instance_is_dead_lettered_alone_with_its_copy(
         assert not list(cfg.storage.outbox_dir.glob("archive/*/*.dcm"))
     finally:
         archive.stop()
+
+
+def test_an_instance_over_the_size_limit_is_refused_and_the_association_goes_on(
+    tmp_path: Path,
+) -> None:
+    """storage.max_instance_bytes: a larger instance gets 0xA700 (the sender keeps it), is not
+    written, and the next, smaller instance on the same association is stored."""
+    from dicom_io.scu import StoreTarget, send_files
+    from gateway.events import InstanceRefused, RefusalReason
+
+    require_dcmtk()
+    small, big = next(iter(write_instances(tmp_path / "in", 1, 2).values()))
+    limit = 1 << 20
+    padded = pydicom.dcmread(big)
+    padded.add_new(0x00091010, "OB", b"\0" * limit)  # a private element: past the limit
+    padded.save_as(big, enforce_file_format=True)
+    assert big.stat().st_size > limit > small.stat().st_size
+    cfg = parse(
+        config_dict(
+            tmp_path / "gw",
+            make_key_file(tmp_path),
+            storage={"study_stable_seconds": 3600, "max_instance_bytes": limit},
+        )
+    )
+    files = [small, big]
+    with running_node(cfg) as (node, events):
+        host, port = node.address  # type: ignore[misc]
+        target = StoreTarget(GATEWAY_AE, host, port, MODALITY_AE)
+        assert send_files(target, [files[1], files[0]]) == [0xA700, 0x0000]
+        result = storescu(host, port, MODALITY_AE, GATEWAY_AE, [files[1]])
+        assert "out of resources" in (result.stdout + result.stderr).lower().replace(
+            "outofresources", "out of resources"
+        )
+        assert {e.reason for e in events.of(InstanceRefused)} == {RefusalReason.TOO_LARGE}
+        assert node.backlog().journal_states["received"] == 1
+        assert len(list(cfg.storage.spool_dir.glob("incoming/*/*.dcm"))) == 1
