@@ -234,8 +234,8 @@ class StorageConfig(StrictModel):
     #: or crashed the process as often, is quarantined as processing_error. At least 2: after a
     #: crash the first retry of a study goes instance by instance.
     max_processing_attempts: int = Field(default=3, ge=2)
-    #: Refuse (0xA700, the sender keeps it) a received instance larger than this: one instance is
-    #: held in memory while it is received and again while it is de-identified.
+    #: Refuse (0xA700, the sender keeps it) a received instance larger than this: each instance
+    #: is held in memory while it is received, and once more while it is de-identified.
     max_instance_bytes: int = Field(default=2 << 30, ge=1 << 20)
 
 

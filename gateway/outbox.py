@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.spool import DirectorySync, ensure_directory, write_durably
@@ -20,14 +20,16 @@ class Outbox:
         self.dirsync = dirsync or DirectorySync()
         ensure_directory(root, self.dirsync)
 
-    def put(self, destination: str, study_key: str, data: bytes) -> str:
-        """Store one copy durably; return its path relative to the outbox root."""
+    def put(self, destination: str, study_key: str, data: bytes | Sequence[bytes]) -> str:
+        """Store one copy durably (the file's bytes, or its parts in order); return its path
+        relative to the outbox root."""
+        parts = (data,) if isinstance(data, bytes) else data
         directory = self.root / destination / study_key
         name = uuid.uuid4().hex + ".dcm"
         for attempt in range(3):
             ensure_directory(directory, self.dirsync)
             try:
-                write_durably(directory, name, (data,), self.dirsync)
+                write_durably(directory, name, parts, self.dirsync)
                 break
             except FileNotFoundError:
                 # The forwarder removed the study's folder (its last sent copy) between our check

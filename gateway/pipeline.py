@@ -39,7 +39,7 @@ from pydicom import Dataset
 from deid_core.errors import InvalidInputError, PermanentError, RetryableError
 from deid_core.keys import ProjectKey
 from deid_core.seeds import derive_seed
-from dicom_io.files import encode_dataset
+from dicom_io.files import encode_dataset_parts
 from gateway.config import GatewayConfig
 from gateway.events import (
     EventBus,
@@ -115,8 +115,9 @@ def default_deidentifier_factory() -> DeidentifierFactory:
     return factory
 
 
-def _encode(ds: Dataset) -> bytes:
-    return encode_dataset(ds)
+def _encode(ds: Dataset) -> list[bytes]:
+    """The de-identified file as parts (no joined copy: a large instance is not held twice)."""
+    return encode_dataset_parts(ds)
 
 
 @dataclass
@@ -354,7 +355,7 @@ class Pipeline:
     def _quarantine(
         self,
         row: InstanceRow,
-        data: bytes,
+        data: bytes | None,
         reason: QuarantineReason,
         route: str,
         result: StudyResult,
@@ -362,6 +363,9 @@ class Pipeline:
         artifacts: dict[str, bytes] | None = None,
         rejected: bool = False,
     ) -> None:
+        """`data`: the received original; None reads it from the spool now."""
+        if data is None:
+            data = self.spool.read(row.spool_path)
         entry = self.quarantine.put(
             instance_id=row.id,
             data=data,
@@ -391,13 +395,20 @@ class Pipeline:
         result: StudyResult,
         staged: list[tuple[int, str, list[tuple[str, str]]]],
     ) -> str | None:
+        # Read from the file, not from a copy of its bytes: a large instance is held once. The
+        # bytes of the original are read only if it goes to quarantine (data=None below).
+        data: bytes | None = None
         try:
-            data = self.spool.read(row.spool_path)
+            original = pydicom.dcmread(self.spool.path(row.spool_path))
         except FileNotFoundError:
             self._lost(row)
             return None
+        except Exception as exc:
+            self._quarantine(
+                row, data, QuarantineReason.UNREADABLE, "", result, {"error": _safe_error(exc)}
+            )
+            return None
         try:
-            original = pydicom.dcmread(io.BytesIO(data))
             if row.study_key == NO_STUDY:
                 raise InvalidInputError("no Study Instance UID")
         except Exception as exc:
@@ -508,7 +519,12 @@ class Pipeline:
     # --- pixel jobs ------------------------------------------------------------------------------
 
     def _start_pixel_job(
-        self, row: InstanceRow, route: Route, original: Dataset, data: bytes, result: StudyResult
+        self,
+        row: InstanceRow,
+        route: Route,
+        original: Dataset,
+        data: bytes | None,
+        result: StudyResult,
     ) -> None:
         step = self._async_steps[route.pixels]
         job_id = uuid.uuid4().hex

@@ -294,3 +294,37 @@ def test_commits_before_a_file_is_deleted_are_synced_and_others_are_not(tmp_path
     journal._db.set_trace_callback(None)
     assert synced.count("PRAGMA synchronous=FULL") == 2
     journal.close()
+
+
+def test_a_large_instance_is_held_about_once_while_it_is_processed(
+    cfg: GatewayConfig, tmp_path: Path
+) -> None:
+    """Read from the spool file (not from a copy of its bytes) and written to the outbox from
+    the encoder's parts (not from one joined copy): the peak of new memory stays near one
+    instance (it was three before)."""
+    import tracemalloc
+
+    from dicom_io.files import encode_dataset, encode_dataset_parts
+
+    storage = Storage.open(cfg)
+    path = next(iter(write_instances(tmp_path / "in", 1, 1).values()))[0]
+    ds = pydicom.dcmread(path)
+    ds.PixelData = b"\1" * (16 << 20)
+    ds.Rows, ds.Columns = 2048, 4096
+    ds.save_as(path, enforce_file_format=True)
+    size = path.stat().st_size
+    spooled = storage.spool.write((path.read_bytes(),))
+    storage.journal.add_received(spooled.relative_path, STUDY, size=spooled.size)
+    pipeline = _pipeline(cfg, storage, _poisoned_factory(cfg, "", KeyError), EventRecorder())
+    tracemalloc.start()
+    try:
+        assert pipeline.process_study(STUDY).queued == 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * size, f"peak {peak / size:.2f}x the instance"
+    # the parts make exactly the file the joined encoding makes
+    [copy] = storage.outbox.root.glob("archive/*/*.dcm")
+    written = pydicom.dcmread(copy)
+    assert b"".join(encode_dataset_parts(written)) == encode_dataset(written)
+    storage.close()
