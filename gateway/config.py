@@ -215,6 +215,9 @@ class NodeConfig(StrictModel):
     max_pdu_size: int = Field(default=262144, ge=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
     tls: ServerTlsConfig | None = None
+    #: On SIGTERM, how long open associations may go on before they are aborted (an instance
+    #: without a success status stays with its sender).
+    drain_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class StorageConfig(StrictModel):

@@ -286,3 +286,83 @@ def test_an_instance_over_the_size_limit_is_refused_and_the_association_goes_on(
         assert {e.reason for e in events.of(InstanceRefused)} == {RefusalReason.TOO_LARGE}
         assert node.backlog().journal_states["received"] == 1
         assert len(list(cfg.storage.spool_dir.glob("incoming/*/*.dcm"))) == 1
+
+
+@pytest.mark.parametrize(("drain_timeout_s", "count"), [(30.0, 120), (0.2, 600)])
+def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(
+    tmp_path: Path, drain_timeout_s: float, count: int
+) -> None:
+    """SIGTERM to `deid-gateway serve` while storescu sends: the listener stops taking new
+    associations, the open one is drained (to its end, or aborted after node.drain_timeout_s),
+    the process exits 0, and after a restart every instance storescu saw acknowledged is in the
+    journal and the spool."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO
+    from tests.support.dcmtk import storescu_popen
+
+    require_dcmtk()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = config_dict(
+        tmp_path / "gw",
+        make_key_file(tmp_path),
+        storage={"study_stable_seconds": 3600},
+        node={"port": port, "drain_timeout_s": drain_timeout_s},
+        logging={"level": "info", "format": "json"},
+    )
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(data))
+    files = [f for g in write_instances(tmp_path / "in", 2, count // 2).values() for f in g]
+    log = tmp_path / "gateway.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert wait_until(lambda: b"gateway_listening" in log.read_bytes(), 60), log.read_text()
+        sender = storescu_popen("127.0.0.1", port, MODALITY_AE, GATEWAY_AE, files)
+        journal = Journal(Path(data["storage"]["journal"]))
+        assert wait_until(lambda: sum(journal.state_counts().values()) >= 10, 60)
+        journal.close()
+        gateway.send_signal(signal.SIGTERM)
+        out, _ = sender.communicate(timeout=120)
+        gateway.wait(60)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+    assert gateway.returncode == 0, log.read_text()[-3000:]
+    assert b"shutdown_complete" in log.read_bytes()
+    # storescu -v: "Sending file: PATH" ... "Received Store Response (Success)"
+    acknowledged: list[str] = []
+    current = ""
+    for line in out.splitlines():
+        if "Sending file:" in line:
+            current = line.split("Sending file:", 1)[1].strip()
+        elif "Received Store Response" in line and "Success" in line:
+            acknowledged.append(current)
+    assert acknowledged, out[-2000:]
+    if drain_timeout_s < 1.0:
+        assert len(acknowledged) < len(files), "the drain must end mid-transfer"
+    else:  # the open association was drained to its end
+        assert len(acknowledged) == len(files)
+    wanted = {str(pydicom.dcmread(p).SOPInstanceUID) for p in acknowledged}
+
+    cfg = parse({**data, "node": {**data["node"], "port": 0}})
+    with running_node(cfg) as (node, _):
+        spool = node.storage.spool  # type: ignore[union-attr]
+        spooled = {str(pydicom.dcmread(p).SOPInstanceUID) for p in spool.files()}
+        rows = node.storage.journal.known_spool_paths()  # type: ignore[union-attr]
+        assert {str(p.relative_to(spool.root)) for p in spool.files()} <= rows
+    assert wanted <= spooled, f"{len(wanted - spooled)} acknowledged instances missing"
