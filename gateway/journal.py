@@ -666,9 +666,11 @@ class Journal:
     def close_quarantine_entry(
         self, entry_id: str, state: str, action: str, detail: dict[str, Any]
     ) -> None:
-        """Record an operator decision (release or purge) on a quarantine entry."""
+        """Record an operator decision (release or purge) on a quarantine entry. Durable: a
+        release shreds the entry's files next, and this commit also makes the release's own
+        earlier commits (the requeued copy, the new arrival) durable."""
         now = time.time()
-        with self.transaction() as db:
+        with self.transaction(durable=True) as db:
             db.execute(
                 "UPDATE quarantine SET state=?, updated_at=? WHERE id=?", (state, now, entry_id)
             )

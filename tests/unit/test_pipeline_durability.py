@@ -291,8 +291,9 @@ def test_commits_before_a_file_is_deleted_are_synced_and_others_are_not(tmp_path
     journal._db.set_trace_callback(lambda sql: synced.append(sql))
     journal.mark_sent([oid])
     assert journal.finished_instances([iid])
+    journal.close_quarantine_entry("q-1", "released", "release", {})  # files shredded next
     journal._db.set_trace_callback(None)
-    assert synced.count("PRAGMA synchronous=FULL") == 2
+    assert synced.count("PRAGMA synchronous=FULL") == 3
     journal.close()
 
 
