@@ -130,12 +130,14 @@ class Gateway:
                 "journal": str(work / "journal.sqlite"),
                 # ingest-only runs never process; end-to-end runs assemble after 0.5 s
                 "study_stable_seconds": 0.5 if archive is not None else 3600,
+                # ingest-only runs measure receiving alone (no processing while it streams in)
+                "stream_batch": 50 if archive is not None else 0,
                 "min_free_bytes": 0,
                 "high_water_percent": 100,
             },
             "destinations": destinations,
             "routes": routes,
-            "logging": {"level": "warning"},
+            "logging": {"level": os.environ.get("GWLOG", "warning")},
         }
         (work / "gateway.yaml").write_text(yaml.safe_dump(cfg))
         env = dict(os.environ, PYTHONPATH=str(REPO))

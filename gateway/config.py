@@ -240,6 +240,10 @@ class StorageConfig(StrictModel):
     #: Refuse (0xA700, the sender keeps it) a received instance larger than this: each instance
     #: is held in memory while it is received, and once more while it is de-identified.
     max_instance_bytes: int = Field(default=2 << 30, ge=1 << 20)
+    #: A study still arriving is de-identified and forwarded in batches of this many instances
+    #: as they come, without waiting for the stable age (the rest follows once the study is
+    #: stable), so a long study reaches the archive while it streams in. 0: whole studies only.
+    stream_batch: int = Field(default=50, ge=0)
 
 
 class RetryPolicy(StrictModel):
@@ -557,6 +561,10 @@ class FlowEditRouteConfig(StrictModel):
         return value
 
 
+def _same_prompt(a: str, b: str) -> bool:
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
 class RouteTarget(StrictModel):
     """What happens to a matched instance: profile, pixel step, destinations."""
 
@@ -574,6 +582,14 @@ class RouteTarget(StrictModel):
             )
         if self.pixels != "flowedit" and self.flowedit is not None:
             raise ValueError("a 'flowedit' section is only used with pixels: flowedit")
+        if self.flowedit is not None and _same_prompt(
+            self.flowedit.source_prompt, self.flowedit.target_prompt
+        ):
+            # FlowEdit with equal prompts returns the photograph unchanged: no de-identification
+            raise ValueError(
+                f"route {getattr(self, 'name', 'default')!r}: flowedit source_prompt and "
+                "target_prompt are the same, so the edit would leave the photograph unchanged"
+            )
         return self
 
 

@@ -50,6 +50,10 @@ class QuarantineReason(StrEnum):
     PROCESSING_ERROR = "processing_error"
     #: a queued de-identified copy vanished from the outbox before it was sent
     OUTBOX_FILE_MISSING = "outbox_file_missing"
+    #: a photograph on a flowedit route about to leave without the flowedit step's record
+    PHOTOGRAPH_NOT_TRANSFORMED = "photograph_not_transformed"
+    #: Burned In Annotation absent on a modality where burned-in text is common
+    BURNED_IN_UNKNOWN = "burned_in_unknown"
 
 
 class Stage(StrEnum):

@@ -353,12 +353,22 @@ class Journal:
         )
         return [r["study_key"] for r in rows]
 
-    def received_in_study(self, study_key: str) -> list[InstanceRow]:
+    def streaming_studies(self, batch: int, limit: int = 50) -> list[str]:
+        """Studies with at least `batch` instances waiting, stable or not (streamed batches)."""
+        rows = self._query(
+            "SELECT study_key, COUNT(*) AS waiting FROM instances WHERE state=?"
+            " GROUP BY study_key HAVING waiting >= ? ORDER BY MIN(id) LIMIT ?",
+            (InstanceState.RECEIVED.value, batch, limit),
+        )
+        return [r["study_key"] for r in rows]
+
+    def received_in_study(self, study_key: str, limit: int | None = None) -> list[InstanceRow]:
+        """The study's waiting instances in arrival order (the first `limit` of them)."""
         return [
             _instance(r)
             for r in self._query(
-                "SELECT * FROM instances WHERE state=? AND study_key=? ORDER BY id",
-                (InstanceState.RECEIVED.value, study_key),
+                "SELECT * FROM instances WHERE state=? AND study_key=? ORDER BY id LIMIT ?",
+                (InstanceState.RECEIVED.value, study_key, -1 if limit is None else limit),
             )
         ]
 
@@ -662,6 +672,10 @@ class Journal:
 
     def known_quarantine_ids(self) -> set[str]:
         return {r[0] for r in self._query("SELECT id FROM quarantine")}
+
+    def quarantine_states(self) -> dict[str, str]:
+        """Every quarantine entry's state, by entry id."""
+        return {r[0]: r[1] for r in self._query("SELECT id, state FROM quarantine")}
 
     def close_quarantine_entry(
         self, entry_id: str, state: str, action: str, detail: dict[str, Any]

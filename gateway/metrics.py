@@ -168,7 +168,10 @@ class GatewayMetrics:
             ["reason"],
         )
         self.studies_routed = counter(
-            "studies_routed_total", "Studies routed, by route.", ["route"]
+            "studies_routed_total",
+            "Study batches routed, by route (a whole study, or one streamed batch of a study "
+            "still arriving: storage.stream_batch).",
+            ["route"],
         )
         self.instances_routed = counter(
             "instances_routed_total", "Instances routed, by route.", ["route"]

@@ -44,6 +44,7 @@ from gateway.forwarder import (
 )
 from gateway.http import ReadinessCheck
 from gateway.ingest import Ingest, adopt_orphans
+from gateway.interlock import route_pixel_steps
 from gateway.journal import InstanceState, Journal
 from gateway.logs import get_logger
 from gateway.metrics import WorkerPoolProbe
@@ -105,7 +106,9 @@ class Storage:
             journal=journal,
             spool=spool,
             outbox=Outbox(s.outbox_dir, dirsync),
-            quarantine=Quarantine(s.quarantine_dir, journal, dirsync),
+            quarantine=Quarantine(
+                s.quarantine_dir, journal, dirsync, route_pixels=route_pixel_steps(cfg)
+            ),
         )
 
     def close(self) -> None:
@@ -401,6 +404,7 @@ class GatewayNode:
             storage.journal.live_outbox_paths, older_than=started
         )
         quarantine_orphans = storage.quarantine.remove_orphans()
+        releases_interrupted = storage.quarantine.recover_interrupted_releases()
         states = storage.journal.state_counts()
         LOG.info(
             "recovered",
@@ -409,6 +413,7 @@ class GatewayNode:
             spool_leftovers_removed=leftovers,
             outbox_orphans_removed=outbox_orphans,
             quarantine_orphans_removed=quarantine_orphans,
+            quarantine_releases_interrupted=releases_interrupted,
             waiting=states.get("received", 0),
             queued=states.get("queued", 0),
         )

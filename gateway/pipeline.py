@@ -56,6 +56,7 @@ from gateway.events import (
 )
 from gateway.executors import PixelExecutor, build_executor
 from gateway.ingest import NO_STUDY
+from gateway.interlock import untransformed_photograph
 from gateway.journal import InstanceRow, InstanceState, Journal, PixelJobRow
 from gateway.logs import get_logger
 from gateway.outbox import Outbox
@@ -224,16 +225,31 @@ class Pipeline:
                 break
             result = self.process_study(skey, progress)
             handled += result.queued + result.quarantined + result.editing
+        batch = self.cfg.storage.stream_batch
+        if batch:
+            # Studies still arriving: whole batches now, the remainder once stable.
+            for skey in self.journal.streaming_studies(batch):
+                if stop is not None and stop.is_set():
+                    break
+                result = self.process_study(skey, progress, limit=batch)
+                handled += result.queued + result.quarantined + result.editing
         return handled
 
     def process_study(
-        self, study_key: str, progress: Callable[[], None] | None = None
+        self,
+        study_key: str,
+        progress: Callable[[], None] | None = None,
+        limit: int | None = None,
     ) -> StudyResult:
+        """Process the study's waiting instances (the first `limit` of them, in arrival order)."""
         with self._lock:
-            return self._process_study(study_key, progress)
+            return self._process_study(study_key, progress, limit)
 
     def _process_study(
-        self, study_key: str, progress: Callable[[], None] | None = None
+        self,
+        study_key: str,
+        progress: Callable[[], None] | None = None,
+        limit: int | None = None,
     ) -> StudyResult:
         result = StudyResult()
         routed: Counter[str] = Counter()
@@ -241,7 +257,7 @@ class Pipeline:
         # at once (one association per study batch). A crash before the commit leaves every row
         # `received`; the copies already written are orphans, removed on start.
         staged: list[tuple[int, str, list[tuple[str, str]]]] = []
-        rows = self.journal.received_in_study(study_key)
+        rows = self.journal.received_in_study(study_key, limit)
         # Attempts are counted (and committed) before the work, so an instance that crashes the
         # process is counted too. A study with an unfinished earlier attempt (an instance that
         # failed, or a crash: the rows are still `received`) goes instance by instance, each
@@ -249,13 +265,13 @@ class Pipeline:
         careful = any(row.attempts for row in rows)
         if rows and not careful:
             self.journal.count_attempts([row.id for row in rows])
-        limit = self.cfg.storage.max_processing_attempts
+        max_attempts = self.cfg.storage.max_processing_attempts
         for row in rows:
             if careful:
                 self.journal.count_attempts([row.id])
             attempt = row.attempts + 1
             try:
-                if attempt > limit:
+                if attempt > max_attempts:
                     # every counted attempt ended without an answer: the process died each time
                     self._give_up(row, result, "the process ended", attempt - 1)
                     route_name = None
@@ -270,7 +286,7 @@ class Pipeline:
                         if staged:
                             self.journal.mark_queued_many(staged, study_key)
                     raise
-                route_name = self._processing_failed(row, result, exc, attempt, limit)
+                route_name = self._processing_failed(row, result, exc, attempt, max_attempts)
             if route_name is not None:
                 routed[route_name] += 1
             if careful and staged:
@@ -473,6 +489,8 @@ class Pipeline:
                 )
                 return route.name
             deidentified = outcome.dataset
+        if self._holds_untransformed_photograph(row, data, route, original, deidentified, result):
+            return route.name
         encoded = _encode(deidentified)
         copies = [
             (dest, self.outbox.put(dest, row.study_key, encoded)) for dest in route.destinations
@@ -480,6 +498,25 @@ class Pipeline:
         staged.append((row.id, route.name, copies))
         result.queued += 1
         return route.name
+
+    def _holds_untransformed_photograph(
+        self,
+        row: InstanceRow,
+        data: bytes | None,
+        route: Route,
+        original: Dataset,
+        outgoing: Dataset,
+        result: StudyResult,
+    ) -> bool:
+        """The photograph interlock (gateway.interlock), whatever the route's step or the
+        reviewer's override: True when the instance went to quarantine instead of the outbox."""
+        details = untransformed_photograph(route.pixels, original, outgoing, self.derived_uid)
+        if details is None:
+            return False
+        LOG.error("photograph_not_transformed", study_key=row.study_key, route=route.name)
+        reason = QuarantineReason.PHOTOGRAPH_NOT_TRANSFORMED
+        self._quarantine(row, data, reason, route.name, result, details, rejected=True)
+        return True
 
     def _route(self, row: InstanceRow, ds: Dataset) -> Route | None:
         forced = row.override.get("route")
@@ -691,6 +728,10 @@ class Pipeline:
             )
             return
         assert isinstance(outcome, PixelAccepted)
+        if self._holds_untransformed_photograph(
+            row, data, route, original, outcome.dataset, scratch
+        ):
+            return
         encoded = _encode(outcome.dataset)
         copies = [
             (dest, self.outbox.put(dest, row.study_key, encoded)) for dest in route.destinations

@@ -80,9 +80,26 @@ class NoPixelStep:
         return PixelAccepted(deidentified)
 
 
+#: Modalities whose pixels often carry burned-in text (ultrasound and X-ray angiography /
+#: fluoroscopy screens, endoscopy overlays, camera photographs, "other" screen captures).
+BURNED_IN_COMMON_MODALITIES = frozenset({"US", "XA", "RF", "ES", "OT", "XC"})
+
+
+def burned_in_common(ds: Dataset) -> bool:
+    """Whether burned-in text is common for `ds`: one of BURNED_IN_COMMON_MODALITIES, or a
+    Secondary Capture (any SC SOP class, whatever its modality)."""
+    from gateway.interlock import SECONDARY_CAPTURE_SOP_CLASSES
+
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    return modality in BURNED_IN_COMMON_MODALITIES or sop_class in SECONDARY_CAPTURE_SOP_CLASSES
+
+
 class QuarantineBurnedIn:
     """Burned In Annotation (0028,0301) YES: the pixels may show identity, so the instance waits
-    for a person in quarantine. Absent or NO passes."""
+    for a person in quarantine (burned_in_annotation). NO passes. Absent (or not YES/NO) passes
+    only where burned-in text is rare (CT, MR, ...); on a modality where it is common
+    (`burned_in_common`) the instance waits for a person too (burned_in_unknown)."""
 
     name = "quarantine_burned_in"
 
@@ -93,6 +110,14 @@ class QuarantineBurnedIn:
         if value == "YES":
             return PixelRejected(
                 QuarantineReason.BURNED_IN_ANNOTATION, {"BurnedInAnnotation": "YES"}
+            )
+        if value != "NO" and burned_in_common(original):
+            return PixelRejected(
+                QuarantineReason.BURNED_IN_UNKNOWN,
+                {
+                    "BurnedInAnnotation": value or "absent",
+                    "modality": str(original.get("Modality", "") or ""),
+                },
             )
         return PixelAccepted(deidentified)
 

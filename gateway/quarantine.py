@@ -31,11 +31,14 @@ from typing import Any
 
 from deid_core.errors import PermanentError
 from gateway.events import QuarantineReason
+from gateway.interlock import release_refusal
 from gateway.journal import Journal, QuarantineRow
 from gateway.outbox import Outbox
 from gateway.spool import DirectorySync, Spool, ensure_directory, fsync_directory, write_durably
 
 INSTANCE_FILE = "instance.dcm"
+#: An entry a release has claimed and is sending back (`Quarantine._claim`); "released" when done.
+RELEASING = "releasing"
 ENTRY_FILE = "entry.json"
 
 
@@ -52,9 +55,17 @@ class QuarantineEntry:
 
 
 class Quarantine:
-    def __init__(self, root: Path, journal: Journal, dirsync: DirectorySync | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        journal: Journal,
+        dirsync: DirectorySync | None = None,
+        route_pixels: Mapping[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.journal = journal
+        #: route name -> pixel step, for the release checks (gateway.interlock.release_refusal)
+        self.route_pixels = dict(route_pixels) if route_pixels is not None else None
         self.dirsync = dirsync or DirectorySync()
         ensure_directory(root, self.dirsync)
         os.chmod(root, 0o700)
@@ -100,14 +111,35 @@ class Quarantine:
 
     def remove_orphans(self) -> int:
         """Folders without a journal entry were being written when the process died; the
-        instance is still in its previous state and will be processed again."""
-        known = self.journal.known_quarantine_ids()
+        instance is still in its previous state and will be processed again. Folders of entries
+        already released or purged outlived their decision (the process died between recording
+        it and shredding them): they hold the original, so they are shredded now."""
+        states = self.journal.quarantine_states()
         removed = 0
         for folder in self.root.glob("q-*"):
-            if folder.is_dir() and folder.name not in known:
+            if not folder.is_dir():
+                continue
+            state = states.get(folder.name)
+            if state is None:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
+            elif state in ("released", "purged"):
+                self._shred(folder)
+                removed += 1
         return removed
+
+    def recover_interrupted_releases(self) -> int:
+        """Entries a release claimed but never finished (the process died in between) are held
+        again, for a person to decide again; their instance may have gone back to the pipeline
+        already, and is then processed twice (deterministically: the same result). Called at
+        the gateway's start-up; a `quarantine release` command running at that very moment is
+        reverted too, with the same consequence at worst."""
+        with self.journal.transaction() as db:
+            cur = db.execute(
+                "UPDATE quarantine SET state='held', updated_at=? WHERE state=?",
+                (time.time(), RELEASING),
+            )
+            return cur.rowcount
 
     def list(self, include_closed: bool = False) -> list[QuarantineRow]:
         return self.journal.quarantine_entries(None if include_closed else "held")
@@ -139,16 +171,85 @@ class Quarantine:
         route: str | None = None,
         accept_pixels: bool = False,
         waive_gate: bool = False,
+        force: bool = False,
         operator_note: str = "",
         decided_by: str = "",
     ) -> str:
         """Send an entry back in. Returns what happened, for the operator. `decided_by` (who)
-        and `operator_note` (why) are recorded with the decision."""
+        and `operator_note` (why) are recorded with the decision. Refused (QuarantineError) when
+        `gateway.interlock.release_refusal` objects: accept_pixels outside burned-in entries or
+        for a photograph on a flowedit route, waive_gate outside lesion-gate rejections, a re-run
+        onto a weaker pixel step without `force`."""
         row = self._row(entry_id)
         if row.state != "held":
-            raise QuarantineError(f"entry {entry_id} is already {row.state}")
+            raise _already(entry_id, row.state)
         folder = self.root / entry_id
-        data = (folder / INSTANCE_FILE).read_bytes()
+        try:
+            data = (folder / INSTANCE_FILE).read_bytes()
+        except FileNotFoundError:  # decided meanwhile (the claim below would refuse it too)
+            state = self._row(entry_id).state
+            if state != "held":
+                raise _already(entry_id, state) from None
+            raise QuarantineError(f"entry {entry_id} has no kept instance") from None
+        refusal = release_refusal(
+            reason=row.reason,
+            quarantined_on=row.route,
+            data=data,
+            route=route,
+            accept_pixels=accept_pixels,
+            force=force,
+            route_pixels=self.route_pixels,
+            waive_gate=waive_gate,
+        )
+        if refusal is not None:
+            raise QuarantineError(f"entry {entry_id}: {refusal}")
+        self._claim(entry_id, ("held",), RELEASING)
+        try:
+            message = self._send_back(
+                row, data, spool, outbox, route, accept_pixels, waive_gate, force, operator_note,
+                decided_by,
+            )  # fmt: skip
+        except BaseException:
+            self._unclaim(entry_id, RELEASING, "held")
+            raise
+        self._shred(folder)
+        return message
+
+    def _claim(self, entry_id: str, from_states: tuple[str, ...], to: str) -> None:
+        """Move the entry from one of `from_states` to `to` in one conditional UPDATE: of two
+        concurrent decisions (threads, the review station and the CLI) exactly one wins; the
+        other gets a QuarantineError saying what the entry already is."""
+        marks = ",".join("?" * len(from_states))
+        with self.journal.transaction() as db:
+            cur = db.execute(
+                f"UPDATE quarantine SET state=?, updated_at=? WHERE id=? AND state IN ({marks})",
+                (to, time.time(), entry_id, *from_states),
+            )
+            won = cur.rowcount == 1
+        if not won:
+            raise _already(entry_id, self._row(entry_id).state)
+
+    def _unclaim(self, entry_id: str, claimed: str, back: str) -> None:
+        with self.journal.transaction() as db:
+            db.execute(
+                "UPDATE quarantine SET state=?, updated_at=? WHERE id=? AND state=?",
+                (back, time.time(), entry_id, claimed),
+            )
+
+    def _send_back(
+        self,
+        row: QuarantineRow,
+        data: bytes,
+        spool: Spool,
+        outbox: Outbox,
+        route: str | None,
+        accept_pixels: bool,
+        waive_gate: bool,
+        force: bool,
+        operator_note: str,
+        decided_by: str,
+    ) -> str:
+        entry_id = row.id
         detail: dict[str, Any] = {"reason": row.reason, "note": operator_note}
         if decided_by:
             detail["by"] = decided_by
@@ -185,17 +286,22 @@ class Quarantine:
                 route=route or "",
                 accept_pixels=accept_pixels,
                 waive_gate=waive_gate,
+                force=force,
             )
             message = "sent back to the pipeline" + (f" on route {route}" if route else "")
         self.journal.close_quarantine_entry(entry_id, "released", "release", detail)
-        self._shred(folder)
         return message
 
     def purge(self, entry_id: str, operator_note: str = "", decided_by: str = "") -> None:
         row = self._row(entry_id)
         if row.state == "purged":
             raise QuarantineError(f"entry {entry_id} is already purged")
-        self._shred(self.root / entry_id)
+        self._claim(entry_id, ("held", "released"), "purged")
+        try:
+            self._shred(self.root / entry_id)
+        except BaseException:
+            self._unclaim(entry_id, "purged", row.state)
+            raise
         detail: dict[str, Any] = {"reason": row.reason, "note": operator_note}
         if decided_by:
             detail["by"] = decided_by
@@ -221,3 +327,9 @@ class Quarantine:
                 path.unlink()
         folder.rmdir()
         fsync_directory(self.root)
+
+
+def _already(entry_id: str, state: str) -> QuarantineError:
+    return QuarantineError(
+        f"entry {entry_id} is already {'being released' if state == RELEASING else state}"
+    )

@@ -135,9 +135,19 @@ def quarantine_release(
             "(e.g. a lesion IoU below threshold): a person checked the edit",
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="allow --route onto a route whose pixel step is weaker than the one the entry "
+            "was quarantined on (e.g. flowedit -> none)",
+        ),
+    ] = False,
     note: Annotated[str, typer.Option("--note", help="recorded with the decision")] = "",
 ) -> None:
-    """Send an entry back in: a dead letter to its outbox, anything else to the pipeline."""
+    """Send an entry back in: a dead letter to its outbox, anything else to the pipeline.
+    --accept-pixels is only for burned-in annotation entries, never for a photograph on a
+    flowedit route; --route onto a weaker pixel step needs --force."""
     from deid_core.errors import ConfigError
     from gateway.review.audit import AuditAction, AuditTrail
 
@@ -152,6 +162,7 @@ def quarantine_release(
             route=route,
             accept_pixels=accept_pixels,
             waive_gate=waive_gate,
+            force=force,
             operator_note=note,
             decided_by=_operator(),
         )

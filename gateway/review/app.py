@@ -36,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 from deid_core.errors import InvalidInputError
 from dicom_io.preview import render_png, summarize
 from gateway.events import QuarantineReason
+from gateway.interlock import weaker_route
 from gateway.logs import get_logger
 from gateway.quarantine import INSTANCE_FILE, QuarantineError
 from gateway.review import charts
@@ -64,6 +65,7 @@ CSP = (
 #: Placeholders for the reason field: what a good reason looks like for each finding.
 WHY_HINTS = {
     QuarantineReason.BURNED_IN_ANNOTATION.value: "e.g. checked the image: no names or ids",
+    QuarantineReason.BURNED_IN_UNKNOWN.value: "e.g. checked the image: no names or ids",
     QuarantineReason.LESION_IOU_BELOW_THRESHOLD.value: "e.g. lesion border intact in the panel",
     QuarantineReason.LESION_VANISHED.value: "e.g. lesion still visible, mask missed it",
     QuarantineReason.DEAD_LETTER.value: "e.g. archive fixed, send again",
@@ -446,7 +448,12 @@ def create_app(station: ReviewStation) -> FastAPI:
             and summary.has_pixels,
             summary=summary,
             choices=choices_for(row) if held else None,
-            routes=sorted(station.routes),
+            # a re-run onto a weaker pixel step is not offered (only an operator can force it)
+            routes=sorted(
+                r
+                for r in station.routes
+                if not weaker_route(r, row.route, station.quarantine.route_pixels)
+            ),
             history=history,
             audit=audit,
             error=error,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.events import QuarantineReason
+from gateway.interlock import ACCEPT_PIXELS_REASONS
 from gateway.journal import QuarantineRow
 from gateway.outbox import Outbox
 from gateway.quarantine import Quarantine, QuarantineError
@@ -75,7 +76,7 @@ def choices_for(row: QuarantineRow) -> Choices:
             rerun=None,
             rerun_needs_route=False,
         )
-    if reason == QuarantineReason.BURNED_IN_ANNOTATION.value:
+    if reason in ACCEPT_PIXELS_REASONS:
         return Choices(
             release="You checked the image: it shows no identifying text. The metadata is "
             "de-identified as usual and the pixels are sent as they are.",
@@ -140,21 +141,38 @@ def carry_out(
     if decision is Decision.RELEASE:
         if choices.release is None:
             raise DecisionRefused(choices.release_unavailable)
-        return quarantine.release(
-            row.id,
-            spool=spool,
-            outbox=outbox,
-            accept_pixels=row.reason == QuarantineReason.BURNED_IN_ANNOTATION.value,
-            waive_gate=row.reason in LESION_REASONS,
-            operator_note=why,
-            decided_by=by,
-        )
+        try:
+            return quarantine.release(
+                row.id,
+                spool=spool,
+                outbox=outbox,
+                accept_pixels=row.reason in ACCEPT_PIXELS_REASONS,
+                waive_gate=row.reason in LESION_REASONS,
+                operator_note=why,
+                decided_by=by,
+            )
+        except DecisionRefused:
+            raise
+        except QuarantineError as exc:
+            raise DecisionRefused(str(exc)) from None
     if choices.rerun is None:
         raise DecisionRefused("a dead letter has no original to process again; release or purge it")
     if route and route not in routes:
         raise DecisionRefused(f"no route named {route!r} in the configuration")
     if choices.rerun_needs_route and not route:
         raise DecisionRefused("no route matched this instance: pick a route to re-run it on")
-    return quarantine.release(
-        row.id, spool=spool, outbox=outbox, route=route or None, operator_note=why, decided_by=by
-    )
+    # No force here: a re-run onto a weaker pixel step than the entry's route is refused by the
+    # quarantine, and only an operator can force it (`quarantine release --route ... --force`).
+    try:
+        return quarantine.release(
+            row.id,
+            spool=spool,
+            outbox=outbox,
+            route=route or None,
+            operator_note=why,
+            decided_by=by,
+        )
+    except DecisionRefused:
+        raise
+    except QuarantineError as exc:
+        raise DecisionRefused(str(exc)) from None

@@ -45,6 +45,16 @@ REASONS: dict[str, tuple[str, str]] = {
         "Unreadable",
         "The received file could not be read as a DICOM instance with a study.",
     ),
+    QuarantineReason.PHOTOGRAPH_NOT_TRANSFORMED.value: (
+        "Photograph not edited",
+        "A photograph on a route that requires the generative edit was about to leave without "
+        "it. It cannot be released as it is: re-run it on its route, or purge it.",
+    ),
+    QuarantineReason.BURNED_IN_UNKNOWN.value: (
+        "Burned-in annotation unknown",
+        "The instance does not say whether text is burned into its pixels (Burned In Annotation "
+        "absent) and its modality often has such text. Look at the image before releasing.",
+    ),
 }
 
 

@@ -314,7 +314,7 @@ def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(
     data = config_dict(
         tmp_path / "gw",
         make_key_file(tmp_path),
-        storage={"study_stable_seconds": 3600},
+        storage={"study_stable_seconds": 3600, "stream_batch": 0},  # all stays in the spool
         node={"port": port, "drain_timeout_s": drain_timeout_s},
         logging={"level": "info", "format": "json"},
     )

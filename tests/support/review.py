@@ -24,6 +24,8 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, VLPhotographicImageStorage, generate_uid
 
+from deid_core.deidentify import record_method
+from deid_core.options import ProfileOption
 from gateway import pixels as pixel_steps
 from gateway.config import GatewayConfig
 from gateway.events import QuarantineReason
@@ -136,6 +138,12 @@ class ToyLesionGate:
         out.PixelData = edited.tobytes()
         out.ImageType = ["DERIVED", "SECONDARY"]
         out.DerivationDescription = "toy test edit (not a real model)"
+        # the record every flowedit step leaves (gateway.interlock checks it before the outbox)
+        assert context.derived_uid is not None
+        out.SOPInstanceUID = context.derived_uid(str(original.SOPInstanceUID), "flowedit")
+        if "MediaStorageSOPInstanceUID" in getattr(out, "file_meta", {}):
+            out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+        record_method(out, ProfileOption.CLEAN_RECOGNIZABLE_VISUAL_FEATURES, "TEST MODEL")
         return PixelAccepted(out, {"iou": round(value, 4)})
 
 

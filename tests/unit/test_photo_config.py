@@ -62,6 +62,24 @@ def test_bad_flowedit_settings_name_their_key(
     assert "routes[0].flowedit" in str(info.value)
 
 
+@pytest.mark.parametrize("target", ["same words", "  Same   WORDS "])
+def test_identical_prompts_are_a_configuration_error_naming_the_route(
+    tmp_path: Path, target: str
+) -> None:
+    """Equal prompts make FlowEdit an identity map: the photograph would leave unchanged."""
+    route = photo_route(tmp_path, ["archive"], name="derm-photos")
+    route["flowedit"]["source_prompt"] = "same words"  # type: ignore[index]
+    route["flowedit"]["target_prompt"] = target  # type: ignore[index]
+    with pytest.raises(ConfigError, match=r"'derm-photos'.*leave the photograph unchanged"):
+        _cfg([route])
+    default = photo_route(tmp_path, ["archive"])
+    del default["name"]
+    default["flowedit"]["target_prompt"] = "same words"  # type: ignore[index]
+    default["flowedit"]["source_prompt"] = "same words"  # type: ignore[index]
+    with pytest.raises(ConfigError, match=r"'default'.*unchanged"):
+        _cfg([], default_route={k: v for k, v in default.items() if k != "match"})
+
+
 def test_missing_model_directory_is_named_per_route(tmp_path: Path) -> None:
     cfg = _cfg(
         [
