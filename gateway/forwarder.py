@@ -221,6 +221,9 @@ class DestinationWorker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._paused_until = 0.0
+        #: (study key, smaller batch size) after a batch of that study did not fit one
+        #: association; other studies go with the destination's batch_size
+        self._batch_limit: tuple[str, int] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -265,6 +268,12 @@ class DestinationWorker:
         if now < self._paused_until:
             return False
         rows = self.journal.next_batch(self.name, now, self.dest.batch_size)
+        if self._batch_limit is not None and rows:
+            study, size = self._batch_limit
+            if rows[0].study_key == study:
+                rows = rows[:size]
+            else:
+                self._batch_limit = None
         if not rows:
             return False
         rows = self._sendable(rows)
@@ -283,6 +292,12 @@ class DestinationWorker:
             self._failed(rows, exc.kind, str(exc), max_attempts=limit, wait_s=exc.retry_after)
             return True
         except InvalidInputError as exc:
+            if len(rows) > 1:
+                # Every file was readable (checked above): the batch as a whole does not fit one
+                # association (too many presentation contexts). Halve it; nothing was sent.
+                self._batch_limit = (rows[0].study_key, max(1, len(rows) // 2))
+                LOG.warning("forward_batch_split", destination=self.name, batch=len(rows) // 2)
+                return True
             LOG.error("outbox_file_unreadable", destination=self.name, error=str(exc))
             self._failed(rows, "status", str(exc), permanent=True)
             return True

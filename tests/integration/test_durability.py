@@ -366,3 +366,63 @@ def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(
         rows = node.storage.journal.known_spool_paths()  # type: ignore[union-attr]
         assert {str(p.relative_to(spool.root)) for p in spool.files()} <= rows
     assert wanted <= spooled, f"{len(wanted - spooled)} acknowledged instances missing"
+
+
+def test_a_batch_that_does_not_fit_one_association_is_split_not_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    """`send_files` refuses a batch needing more presentation contexts than one association
+    offers (InvalidInputError, before connecting). The forwarder halves the batch until it fits;
+    nothing is dead-lettered. The transport here allows two files per association."""
+    import random
+
+    from deid_core.errors import InvalidInputError
+    from dicom_io.scu import StoreTarget
+    from gateway.events import EventBus
+    from gateway.forwarder import DestinationWorker, DimseTransport
+    from gateway.node import Storage
+
+    class _TwoContexts(DimseTransport):
+        def __init__(self, target: StoreTarget) -> None:
+            super().__init__(target)
+            self.batches: list[int] = []
+
+        def send(self, files, progress):  # type: ignore[no-untyped-def]
+            self.batches.append(len(files))
+            if len(files) > 2:
+                raise InvalidInputError("a batch needs 5 presentation contexts; at most 2 fit")
+            return super().send(files, progress)
+
+    archive = FolderArchive(tmp_path / "archive")
+    _, archive_port = archive.start()
+    cfg = _config(tmp_path, archive_port)
+    storage = Storage.open(cfg)
+    files = next(iter(write_instances(tmp_path / "in", 1, 5).values()))
+    for f in files:
+        iid = storage.journal.add_received(f"incoming/x/{f.name}", "study")
+        copy = storage.outbox.put("archive", "study", f.read_bytes())
+        storage.journal.mark_queued(iid, "all", [("archive", copy)], "study")
+    target = StoreTarget("ARCHIVE", "127.0.0.1", archive_port, GATEWAY_AE)
+    transport = _TwoContexts(target)
+    worker = DestinationWorker(
+        "archive",
+        cfg.destinations["archive"],  # type: ignore[arg-type]
+        transport,
+        storage.journal,
+        storage.outbox,
+        storage.spool,
+        storage.quarantine,
+        EventBus(),
+        random.Random(1),
+    )
+    try:
+        for _ in range(10):
+            if not worker.run_once():
+                break
+        assert archive.received == 5
+        assert storage.quarantine.list() == []
+        assert storage.journal.state_counts()["forwarded"] == 5
+        assert transport.batches == [5, 2, 2, 1]  # 5 did not fit: halved to 2 for this study
+    finally:
+        archive.stop()
+        storage.close()
