@@ -138,13 +138,19 @@ def _file_meta(meta: Dataset) -> bytes:
 
 def fast_encode(ds: Dataset) -> bytes:
     """Preamble, File Meta Information and data set, or CannotFastEncode."""
+    return b"".join(fast_encode_parts(ds))
+
+
+def fast_encode_parts(ds: Dataset) -> list[bytes]:
+    """`fast_encode` as the pieces that make the file, in order, not joined: the values (pixel
+    data) are the dataset's own objects, so writing the parts needs no second copy in memory."""
     meta = ds.file_meta
     ts = str(meta.TransferSyntaxUID)
     implicit, little = encoding_of(ts)
     enc = _Encoder(implicit, little)
     parts: list[bytes] = [b"\x00" * 128, b"DICM", _file_meta(meta)]
     enc.dataset(ds, ds._character_set, parts)
-    return b"".join(parts)
+    return parts
 
 
-__all__ = ["CannotFastEncode", "encoding_of", "fast_encode"]
+__all__ = ["CannotFastEncode", "encoding_of", "fast_encode", "fast_encode_parts"]

@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from deid_core.errors import DeidGatewayError, InvalidInputError, RetryableError
-from dicom_io.encode import fast_encode
+from dicom_io.encode import fast_encode, fast_encode_parts
 
 #: Smallest possible data set: one element header (tag + VR + length) and no value.
 _MIN_BYTES = 8
@@ -112,6 +112,19 @@ def encode_dataset(ds: Dataset) -> bytes:
     except Exception:  # anything unusual: pydicom's general writer below decides
         pass
     return reference_encode(ds)
+
+
+def encode_dataset_parts(ds: Dataset) -> list[bytes]:
+    """`encode_dataset` as pieces to write one after the other (see `fast_encode_parts`): a
+    large instance is not held twice."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        raise InvalidInputError("cannot write: no File Meta Information / Transfer Syntax UID")
+    try:
+        return fast_encode_parts(ds)
+    except Exception:  # anything unusual: pydicom's general writer decides
+        pass
+    return [reference_encode(ds)]
 
 
 def reference_encode(ds: Dataset) -> bytes:
@@ -238,6 +251,7 @@ def write_dataset(ds: Dataset, path: str | Path, *, fsync: bool = True) -> int:
 
 __all__ = [
     "encode_dataset",
+    "encode_dataset_parts",
     "parse_dataset",
     "read_dataset",
     "reference_encode",

@@ -217,6 +217,9 @@ class NodeConfig(StrictModel):
     max_pdu_size: int = Field(default=262144, ge=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
     tls: ServerTlsConfig | None = None
+    #: On SIGTERM, how long open associations may go on before they are aborted (an instance
+    #: without a success status stays with its sender).
+    drain_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class StorageConfig(StrictModel):
@@ -232,6 +235,13 @@ class StorageConfig(StrictModel):
     min_free_bytes: int = Field(default=1 << 30, ge=0)
     #: A study is complete once no instance has arrived for this long.
     study_stable_seconds: float = Field(default=30.0, ge=0)
+    #: An instance whose processing failed unexpectedly (a bug, a hostile file) this many times,
+    #: or crashed the process as often, is quarantined as processing_error. At least 2: after a
+    #: crash the first retry of a study goes instance by instance.
+    max_processing_attempts: int = Field(default=3, ge=2)
+    #: Refuse (0xA700, the sender keeps it) a received instance larger than this: each instance
+    #: is held in memory while it is received, and once more while it is de-identified.
+    max_instance_bytes: int = Field(default=2 << 30, ge=1 << 20)
     #: A study still arriving is de-identified and forwarded in batches of this many instances
     #: as they come, without waiting for the stable age (the rest follows once the study is
     #: stable), so a long study reaches the archive while it streams in. 0: whole studies only.

@@ -30,6 +30,8 @@ class RefusalReason(StrEnum):
     DISK_FULL = "disk_full"
     WRITE_ERROR = "write_error"
     MALFORMED = "malformed"
+    #: larger than storage.max_instance_bytes
+    TOO_LARGE = "too_large"
 
 
 class QuarantineReason(StrEnum):
@@ -44,6 +46,10 @@ class QuarantineReason(StrEnum):
     LESION_MASK_UNRELIABLE = "lesion_mask_unreliable"
     DEAD_LETTER = "dead_letter"
     UNREADABLE = "unreadable"
+    #: processing raised an unexpected error (or crashed the process) too many times
+    PROCESSING_ERROR = "processing_error"
+    #: a queued de-identified copy vanished from the outbox before it was sent
+    OUTBOX_FILE_MISSING = "outbox_file_missing"
     #: a photograph on a flowedit route about to leave without the flowedit step's record
     PHOTOGRAPH_NOT_TRANSFORMED = "photograph_not_transformed"
     #: Burned In Annotation absent on a modality where burned-in text is common
@@ -159,6 +165,20 @@ class InstanceRejected(GatewayEvent):
 
     route: str
     reason: QuarantineReason
+    study_key: str = ""
+    association_id: str = ""
+
+
+#: Why an instance was lost (`InstanceLost.reason`).
+LOST_REASONS = ("spool_file_missing",)
+
+
+@dataclass(frozen=True)
+class InstanceLost(GatewayEvent):
+    """An acknowledged instance whose spool file vanished before it was processed (deleted by
+    hand, a restored backup, a file system fault): nothing left to send or quarantine."""
+
+    reason: str  # one of LOST_REASONS
     study_key: str = ""
     association_id: str = ""
 

@@ -16,6 +16,7 @@ archive receives identical UIDs (keyed pseudonyms) and keeps one instance.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -31,7 +32,7 @@ from dicom_io.dicomweb import (
     bearer_authorization,
     client_ssl_context,
 )
-from dicom_io.scu import AssociationFailed, StoreTarget, is_stored, send_files
+from dicom_io.scu import AssociationFailed, StoreTarget, file_context, is_stored, send_files
 from dicom_io.tls import client_context
 from gateway.config import (
     BasicAuth,
@@ -64,6 +65,13 @@ LOG = get_logger("gateway.forwarder")
 Sender = Callable[[StoreTarget, Sequence[str]], list[int | None]]
 #: A liveness heartbeat: called on every turn of a worker's loop and after every file sent.
 Heartbeat = Callable[[], None]
+
+
+def is_permanent_refusal(status: int) -> bool:
+    """A C-STORE failure status that no retry can cure: SOP class not supported (0x0122), data
+    set does not match the SOP class (0xA9xx), cannot understand (0xC000). Out of resources
+    (0xA7xx) and processing failures (0x0110, 0xC211...) may pass, and are retried."""
+    return status == 0x0122 or 0xA900 <= status <= 0xA9FF or status == 0xC000
 
 
 def backoff_delay(policy: RetryPolicy, attempts: int, rng: random.Random) -> float:
@@ -213,6 +221,9 @@ class DestinationWorker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._paused_until = 0.0
+        #: (study key, smaller batch size) after a batch of that study did not fit one
+        #: association; other studies go with the destination's batch_size
+        self._batch_limit: tuple[str, int] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -257,8 +268,17 @@ class DestinationWorker:
         if now < self._paused_until:
             return False
         rows = self.journal.next_batch(self.name, now, self.dest.batch_size)
+        if self._batch_limit is not None and rows:
+            study, size = self._batch_limit
+            if rows[0].study_key == study:
+                rows = rows[:size]
+            else:
+                self._batch_limit = None
         if not rows:
             return False
+        rows = self._sendable(rows)
+        if not rows:
+            return True
         started = time.perf_counter()
         try:
             statuses = self.transport.send([self.outbox.path(r.path) for r in rows], self.heartbeat)
@@ -272,6 +292,12 @@ class DestinationWorker:
             self._failed(rows, exc.kind, str(exc), max_attempts=limit, wait_s=exc.retry_after)
             return True
         except InvalidInputError as exc:
+            if len(rows) > 1:
+                # Every file was readable (checked above): the batch as a whole does not fit one
+                # association (too many presentation contexts). Halve it; nothing was sent.
+                self._batch_limit = (rows[0].study_key, max(1, len(rows) // 2))
+                LOG.warning("forward_batch_split", destination=self.name, batch=len(rows) // 2)
+                return True
             LOG.error("outbox_file_unreadable", destination=self.name, error=str(exc))
             self._failed(rows, "status", str(exc), permanent=True)
             return True
@@ -284,11 +310,18 @@ class DestinationWorker:
                 sent_rows.append(row)
             elif status is None:
                 failed.setdefault(("aborted", "association lost before an answer"), []).append(row)
+            elif is_permanent_refusal(status):
+                # the archive will never take this one: dead-letter it alone, now
+                error = f"archive answered status 0x{status:04X} (permanent)"
+                failed.setdefault(("permanent", error), []).append(row)
             else:
                 why = ("status", f"archive answered status 0x{status:04X}")
                 failed.setdefault(why, []).append(row)
         for (kind, error), group in failed.items():
-            self._failed(group, kind, error)
+            if kind == "permanent":
+                self._failed(group, "status", error, permanent=True)
+            else:
+                self._failed(group, kind, error)
         if sent_rows:
             self.journal.mark_sent([r.id for r in sent_rows])
             delivered_at = time.time()
@@ -317,6 +350,59 @@ class DestinationWorker:
             )
         self._finish([r.instance_id for r in rows])
         return True
+
+    def _sendable(self, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
+        """The rows whose copy can be sent. A copy that vanished, or that is not a Part 10 file,
+        gets its defined end here, alone, instead of failing (or dead-lettering) its batch."""
+        sendable = []
+        for row in rows:
+            path = self.outbox.path(row.path)
+            try:
+                file_context(path)
+            except FileNotFoundError:
+                self._copy_missing(row)
+                continue
+            except InvalidInputError as exc:
+                LOG.error("outbox_file_unreadable", destination=self.name, error=str(exc))
+                self._failed([row], "status", str(exc), permanent=True)
+                continue
+            sendable.append(row)
+        return sendable
+
+    def _copy_missing(self, row: OutboxRow) -> None:
+        """The de-identified copy vanished from the outbox (deleted by hand, a file system
+        fault): a defined end instead of failing the batch forever. The entry keeps the received
+        original while the spool still has it, so a release processes the instance again."""
+        error = "outbox_file_missing"
+        instance = self.journal.instance(row.instance_id)
+        data = b""
+        if instance is not None:
+            with contextlib.suppress(FileNotFoundError):
+                data = self.spool.read(instance.spool_path)
+        LOG.error(
+            "outbox_file_missing",
+            destination=self.name,
+            study_key=row.study_key,
+            original_kept=bool(data),
+        )
+        self.quarantine.put(
+            instance_id=row.instance_id,
+            data=data,
+            reason=QuarantineReason.OUTBOX_FILE_MISSING,
+            route=row.route,
+            study_key=row.study_key,
+            destination=self.name,
+            details={"attempts": row.attempts, "last_error": error, "original_kept": bool(data)},
+        )
+        self.journal.mark_dead(row.id, row.attempts, error)
+        self.events.emit(
+            InstanceQuarantined(
+                route=row.route,
+                reason=QuarantineReason.OUTBOX_FILE_MISSING,
+                study_key=row.study_key,
+            )
+        )
+        self._finish([row.instance_id])
 
     def _failed(
         self,

@@ -48,11 +48,19 @@ def study_key(key: ProjectKey, study_instance_uid: str | None) -> str:
 class Ingest:
     """The listener's sink: spool, journal, events."""
 
-    def __init__(self, spool: Spool, journal: Journal, key: ProjectKey, events: EventBus) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        journal: Journal,
+        key: ProjectKey,
+        events: EventBus,
+        max_instance_bytes: int | None = None,
+    ) -> None:
         self.spool = spool
         self.journal = journal
         self.key = key
         self.events = events
+        self.max_instance_bytes = max_instance_bytes
 
     def association_accepted(self, info: AssociationInfo) -> None:
         self.events.emit(AssociationAccepted(association_id=info.association_id))
@@ -76,6 +84,14 @@ class Ingest:
 
     def store(self, instance: ReceivedInstance) -> None:
         started = time.perf_counter()
+        if self.max_instance_bytes is not None and instance.size > self.max_instance_bytes:
+            LOG.warning(
+                "instance_refused",
+                reason=RefusalReason.TOO_LARGE.value,
+                size=instance.size,
+                limit=self.max_instance_bytes,
+            )
+            raise StoreRefused(STATUS_OUT_OF_RESOURCES, RefusalReason.TOO_LARGE.value)
         skey = study_key(self.key, instance.header.study_instance_uid)
         try:
             spooled = self.spool.write((instance.file_meta, instance.dataset))

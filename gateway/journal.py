@@ -8,12 +8,18 @@ the old state (the stage runs again; its output is deterministic) or the new one
 resumes every unfinished row.
 
 Durability: WAL with `synchronous=NORMAL`. A commit is then durable against a crash of the process
-(`kill -9`) but the last commits may roll back on a power loss. That is safe here because the
-journal is not the only record: the SCP fsyncs each received file and its directory before it
-writes the row, and the spool files carry their sender in their File Meta Information, so on start
-`Spool.adopt_orphans` re-registers any spooled file without a row. `synchronous=FULL` would add an
-fsync of the WAL to every C-STORE for no extra safety. Later stages can repeat work after a power
-loss (at-least-once; pseudonyms are deterministic, so a re-sent instance is identical).
+(`kill -9`) but the last commits may roll back on a power loss. That is safe for the rows that only
+move work forward because the journal is not the only record: the SCP fsyncs each received file and
+its directory before it writes the row, and the spool files carry their sender in their File Meta
+Information, so on start `Spool.adopt_orphans` re-registers any spooled file without a row.
+`synchronous=FULL` on every commit would add an fsync of the WAL to every C-STORE for no extra
+safety. Later stages can repeat work after a power loss (at-least-once; pseudonyms are
+deterministic, so a re-sent instance is identical).
+
+The exception: a commit after which a file is deleted (a spool original once its instance is
+finished, an outbox copy once sent or dead-lettered) is made with `durable=True`, which fsyncs the
+WAL for that commit (and so for every commit before it). Otherwise a power loss could roll the row
+back to a state that needs the file the gateway had already deleted.
 
 Rows hold no PHI: studies are identified by a keyed hash (`study_key`), files by random names.
 """
@@ -39,6 +45,7 @@ class InstanceState(StrEnum):
     QUEUED = "queued"  # de-identified copies are in the outbox
     FORWARDED = "forwarded"  # every destination has it; the spool file is gone
     QUARANTINED = "quarantined"  # held in quarantine (rejected or dead-lettered)
+    LOST = "lost"  # its spool file vanished before it was processed: nothing left to process
 
 
 class OutboxState(StrEnum):
@@ -61,7 +68,8 @@ CREATE TABLE IF NOT EXISTS instances (
     route TEXT,
     reason TEXT,
     override TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS instances_state_study ON instances(state, study_key);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -130,6 +138,8 @@ class InstanceRow:
     route: str | None
     reason: str | None
     override: dict[str, Any]
+    #: Times the pipeline began processing it (counted before it starts, so a crash counts too).
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,7 @@ def _instance(row: sqlite3.Row) -> InstanceRow:
         route=row["route"],
         reason=row["reason"],
         override=json.loads(row["override"]) if row["override"] else {},
+        attempts=row["attempts"],
     )
 
 
@@ -243,22 +254,35 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA busy_timeout=30000")
+        self._synchronous = synchronous
         with self.transaction() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {r[1] for r in db.execute("PRAGMA table_info(instances)")}
+            if "attempts" not in columns:  # a journal written before attempts were counted
+                db.execute("ALTER TABLE instances ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
         self._closed = False
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction. `durable=True`: the commit survives a power loss
+        (`synchronous=FULL` for this commit: the WAL is fsynced), for commits after which a file
+        is deleted."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if durable:
+                    self._db.execute(f"PRAGMA synchronous={self._synchronous}")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -352,6 +376,42 @@ class Journal:
         rows = self._query("SELECT * FROM instances WHERE id=?", (instance_id,))
         return _instance(rows[0]) if rows else None
 
+    def count_attempts(self, instance_ids: Sequence[int], delta: int = 1) -> None:
+        """The pipeline is about to process these instances: count one attempt each, committed
+        first, so an instance that crashes the process is also counted (and given up on).
+        `delta=-1` takes back an attempt that failed for a reason not the instance's own."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE instances SET attempts=MAX(attempts+?, 0), updated_at=? WHERE id=?",
+                [(delta, now, i) for i in instance_ids],
+            )
+
+    def mark_lost(self, instance_id: int, reason: str) -> None:
+        """Nothing is left of the instance to process (its spool file vanished): a final state,
+        so it is not looked for again."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE instances SET state=?, reason=?, updated_at=? WHERE id=?",
+                (InstanceState.LOST.value, reason, now, instance_id),
+            )
+            db.execute("DELETE FROM pixel_jobs WHERE instance_id=?", (instance_id,))
+
+    def finished_spool_paths(self) -> set[str]:
+        """Spool files of instances in a final state: no stage needs them any more."""
+        finished = (
+            InstanceState.FORWARDED.value,
+            InstanceState.QUARANTINED.value,
+            InstanceState.LOST.value,
+        )
+        return {
+            r[0]
+            for r in self._query(
+                "SELECT spool_path FROM instances WHERE state IN (?,?,?)", finished
+            )
+        }
+
     def mark_queued(
         self, instance_id: int, route: str, copies: Sequence[tuple[str, str]], study_key: str
     ) -> list[int]:
@@ -404,7 +464,8 @@ class Journal:
         destination: str = "",
     ) -> None:
         now = time.time()
-        with self.transaction() as db:
+        # durable: the caller deletes the spool original (or the outbox copy) next
+        with self.transaction(durable=True) as db:
             db.execute(
                 "INSERT INTO quarantine (id, instance_id, reason, route, destination, study_key,"
                 " state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -422,7 +483,8 @@ class Journal:
         them forwarded (every copy sent) or quarantined (a copy dead-lettered) and return them."""
         done: list[InstanceRow] = []
         now = time.time()
-        with self.transaction() as db:
+        # durable: the caller deletes the finished instances' spool originals next
+        with self.transaction(durable=True) as db:
             for iid in set(instance_ids):
                 states = [
                     r[0] for r in db.execute("SELECT state FROM outbox WHERE instance_id=?", (iid,))
@@ -538,7 +600,7 @@ class Journal:
 
     def mark_sent(self, outbox_ids: Sequence[int]) -> None:
         now = time.time()
-        with self.transaction() as db:
+        with self.transaction(durable=True) as db:  # the sent copies are deleted next
             db.executemany(
                 "UPDATE outbox SET state=?, updated_at=? WHERE id=?",
                 [(OutboxState.SENT.value, now, i) for i in outbox_ids],
@@ -553,7 +615,7 @@ class Journal:
             )
 
     def mark_dead(self, outbox_id: int, attempts: int, error: str) -> None:
-        with self.transaction() as db:
+        with self.transaction(durable=True) as db:  # the outbox copy is deleted next
             db.execute(
                 "UPDATE outbox SET state=?, attempts=?, last_error=?, updated_at=? WHERE id=?",
                 (OutboxState.DEAD.value, attempts, error, time.time(), outbox_id),
@@ -618,9 +680,11 @@ class Journal:
     def close_quarantine_entry(
         self, entry_id: str, state: str, action: str, detail: dict[str, Any]
     ) -> None:
-        """Record an operator decision (release or purge) on a quarantine entry."""
+        """Record an operator decision (release or purge) on a quarantine entry. Durable: a
+        release shreds the entry's files next, and this commit also makes the release's own
+        earlier commits (the requeued copy, the new arrival) durable."""
         now = time.time()
-        with self.transaction() as db:
+        with self.transaction(durable=True) as db:
             db.execute(
                 "UPDATE quarantine SET state=?, updated_at=? WHERE id=?", (state, now, entry_id)
             )

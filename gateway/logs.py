@@ -231,6 +231,7 @@ _WARNING_EVENTS = frozenset(
         "ForwardFailed",
         "InstanceQuarantined",
         "InstanceRejected",
+        "InstanceLost",
     }
 )
 #: Timing observations, several per instance: the metrics' business; in the log at debug only.

@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 import gateway
 from gateway.events import (
+    LOST_REASONS,
     AssociationAccepted,
     AssociationClosed,
     AssociationRejected,
@@ -40,6 +41,7 @@ from gateway.events import (
     GatewayEvent,
     GpuWork,
     InstanceForwarded,
+    InstanceLost,
     InstanceQuarantined,
     InstanceRefused,
     InstanceRejected,
@@ -184,6 +186,11 @@ class GatewayMetrics:
             "Instances kept in quarantine instead of forwarded, by route and reason.",
             ["route", "reason"],
         )
+        self.instances_lost = counter(
+            "instances_lost_total",
+            "Acknowledged instances whose spool file vanished before processing, by reason.",
+            ["reason"],
+        )
         self.instances_rejected = counter(
             "instances_rejected_total",
             "Instances rejected by a check such as the lesion gate (also quarantined).",
@@ -303,6 +310,8 @@ class GatewayMetrics:
             for reason in vocab.quarantine_reasons.names:
                 self.instances_quarantined.labels(route, reason)
                 self.instances_rejected.labels(route, reason)
+        for reason in LOST_REASONS:
+            self.instances_lost.labels(reason)
         for destination in vocab.destinations.names:
             self.forward_retries.labels(destination)
             self.forward_seconds.labels(destination)
@@ -365,6 +374,8 @@ class GatewayMetrics:
                 self.instances_quarantined.labels(_route(route), reason).inc()
             case InstanceRejected(route=route, reason=reason):
                 self.instances_rejected.labels(_route(route), reason).inc()
+            case InstanceLost(reason=reason):
+                self.instances_lost.labels(reason if reason in LOST_REASONS else OTHER).inc()
             case ModelLoaded(route=route, seconds=seconds):
                 self.model_load_seconds.labels(_route(route)).set(seconds)
                 self.model_loaded.labels(_route(route)).set(1)

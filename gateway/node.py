@@ -70,7 +70,9 @@ if TYPE_CHECKING:
 LOG = get_logger("gateway.node")
 
 #: Journal states whose instances wait for nothing more (not backlog).
-FINISHED_STATES = frozenset({InstanceState.FORWARDED.value, InstanceState.QUARANTINED.value})
+FINISHED_STATES = frozenset(
+    {InstanceState.FORWARDED.value, InstanceState.QUARANTINED.value, InstanceState.LOST.value}
+)
 #: Longest silence of the DICOM accept loop (it beats about every half second) before /healthz
 #: calls the process stuck.
 LISTENER_MAX_SILENCE_S = 30.0
@@ -258,7 +260,13 @@ class GatewayNode:
 
             self.review = ReviewStation(cfg, storage, on_decision=self.forwarder.wake)
             self.review.start()
-        self.ingest = Ingest(storage.spool, storage.journal, self.key, self.events)
+        self.ingest = Ingest(
+            storage.spool,
+            storage.journal,
+            self.key,
+            self.events,
+            max_instance_bytes=cfg.storage.max_instance_bytes,
+        )
         if not self._listen:
             LOG.info(
                 "gateway_started",
@@ -387,9 +395,14 @@ class GatewayNode:
             self.monitoring.liveness.unregister(loop)
 
     def _recover(self, storage: Storage) -> None:
+        started = time.time()
         partial = storage.spool.remove_partial_files()
         adopted = adopt_orphans(storage.spool, storage.journal, self.key)
-        outbox_orphans = storage.outbox.remove_orphans(storage.journal.live_outbox_paths())
+        # originals of finished instances whose deletion a crash cut off (after the commit)
+        leftovers = storage.spool.remove_finished(storage.journal.finished_spool_paths())
+        outbox_orphans = storage.outbox.remove_orphans(
+            storage.journal.live_outbox_paths, older_than=started
+        )
         quarantine_orphans = storage.quarantine.remove_orphans()
         releases_interrupted = storage.quarantine.recover_interrupted_releases()
         states = storage.journal.state_counts()
@@ -397,6 +410,7 @@ class GatewayNode:
             "recovered",
             partial_files_removed=partial,
             spool_files_adopted=adopted,
+            spool_leftovers_removed=leftovers,
             outbox_orphans_removed=outbox_orphans,
             quarantine_orphans_removed=quarantine_orphans,
             quarantine_releases_interrupted=releases_interrupted,

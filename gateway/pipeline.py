@@ -20,9 +20,13 @@ finds no row and is ignored.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
+import sqlite3
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -35,11 +39,12 @@ from pydicom import Dataset
 from deid_core.errors import InvalidInputError, PermanentError, RetryableError
 from deid_core.keys import ProjectKey
 from deid_core.seeds import derive_seed
-from dicom_io.files import encode_dataset
+from dicom_io.files import encode_dataset_parts
 from gateway.config import GatewayConfig
 from gateway.events import (
     EventBus,
     GpuWork,
+    InstanceLost,
     InstanceQuarantined,
     InstanceRejected,
     LesionGateDecided,
@@ -111,8 +116,9 @@ def default_deidentifier_factory() -> DeidentifierFactory:
     return factory
 
 
-def _encode(ds: Dataset) -> bytes:
-    return encode_dataset(ds)
+def _encode(ds: Dataset) -> list[bytes]:
+    """The de-identified file as parts (no joined copy: a large instance is not held twice)."""
+    return encode_dataset_parts(ds)
 
 
 @dataclass
@@ -251,10 +257,41 @@ class Pipeline:
         # at once (one association per study batch). A crash before the commit leaves every row
         # `received`; the copies already written are orphans, removed on start.
         staged: list[tuple[int, str, list[tuple[str, str]]]] = []
-        for row in self.journal.received_in_study(study_key, limit):
-            route_name = self._process_instance(row, result, staged)
+        rows = self.journal.received_in_study(study_key, limit)
+        # Attempts are counted (and committed) before the work, so an instance that crashes the
+        # process is counted too. A study with an unfinished earlier attempt (an instance that
+        # failed, or a crash: the rows are still `received`) goes instance by instance, each
+        # counted and committed alone, so that only the poisoned instance is given up on.
+        careful = any(row.attempts for row in rows)
+        if rows and not careful:
+            self.journal.count_attempts([row.id for row in rows])
+        max_attempts = self.cfg.storage.max_processing_attempts
+        for row in rows:
+            if careful:
+                self.journal.count_attempts([row.id])
+            attempt = row.attempts + 1
+            try:
+                if attempt > max_attempts:
+                    # every counted attempt ended without an answer: the process died each time
+                    self._give_up(row, result, "the process ended", attempt - 1)
+                    route_name = None
+                else:
+                    route_name = self._process_instance(row, result, staged)
+            except Exception as exc:
+                if _storage_fault(exc):
+                    # Not the instance's fault (disk full, I/O error): uncount the attempt, keep
+                    # what is done, and let the assembler try the study again later.
+                    with contextlib.suppress(Exception):
+                        self.journal.count_attempts([row.id], -1)
+                        if staged:
+                            self.journal.mark_queued_many(staged, study_key)
+                    raise
+                route_name = self._processing_failed(row, result, exc, attempt, max_attempts)
             if route_name is not None:
                 routed[route_name] += 1
+            if careful and staged:
+                self.journal.mark_queued_many(staged, study_key)
+                staged.clear()
             if progress is not None:
                 progress()
         if staged:
@@ -271,10 +308,70 @@ class Pipeline:
 
     # --- one instance --------------------------------------------------------------------------
 
+    def _processing_failed(
+        self, row: InstanceRow, result: StudyResult, exc: Exception, attempt: int, limit: int
+    ) -> str | None:
+        """An unexpected error while processing one instance (a bug, a hostile file that trips
+        pydicom): the instance stays `received` and is tried again with its study's next turn,
+        and is quarantined as processing_error on its last attempt. The rest goes on."""
+        error = _error_location(exc)
+        LOG.error(
+            "instance_processing_failed",
+            study_key=row.study_key,
+            instance=row.id,
+            error=error,
+            attempt=attempt,
+            max_attempts=limit,
+        )
+        if attempt < limit:
+            return None
+        try:
+            self._give_up(row, result, error, attempt)
+        except Exception as again:  # e.g. the quarantine cannot be written: next turn
+            LOG.error(
+                "instance_quarantine_failed",
+                study_key=row.study_key,
+                instance=row.id,
+                error=_error_location(again),
+            )
+        return None
+
+    def _give_up(self, row: InstanceRow, result: StudyResult, error: str, attempts: int) -> None:
+        """Quarantine the received original as processing_error (PHI-free error details)."""
+        try:
+            data = self.spool.read(row.spool_path)
+        except FileNotFoundError:
+            self._lost(row)
+            return
+        self._quarantine(
+            row,
+            data,
+            QuarantineReason.PROCESSING_ERROR,
+            row.route or "",
+            result,
+            {"error": error, "attempts": attempts},
+        )
+
+    def _lost(self, row: InstanceRow) -> None:
+        """The spool file of an acknowledged instance is gone: nothing can be processed. A final
+        state (`lost`) instead of looking for the file forever; an ERROR and an event say so."""
+        reason = "spool_file_missing"
+        self.journal.mark_lost(row.id, reason)
+        LOG.error(
+            "instance_lost",
+            reason=reason,
+            study_key=row.study_key,
+            instance=row.id,
+            association_id=row.association_id,
+        )
+        self.events.emit(
+            InstanceLost(reason=reason, study_key=row.study_key, association_id=row.association_id)
+        )
+
     def _quarantine(
         self,
         row: InstanceRow,
-        data: bytes,
+        data: bytes | None,
         reason: QuarantineReason,
         route: str,
         result: StudyResult,
@@ -282,6 +379,9 @@ class Pipeline:
         artifacts: dict[str, bytes] | None = None,
         rejected: bool = False,
     ) -> None:
+        """`data`: the received original; None reads it from the spool now."""
+        if data is None:
+            data = self.spool.read(row.spool_path)
         entry = self.quarantine.put(
             instance_id=row.id,
             data=data,
@@ -311,13 +411,20 @@ class Pipeline:
         result: StudyResult,
         staged: list[tuple[int, str, list[tuple[str, str]]]],
     ) -> str | None:
+        # Read from the file, not from a copy of its bytes: a large instance is held once. The
+        # bytes of the original are read only if it goes to quarantine (data=None below).
+        data: bytes | None = None
         try:
-            data = self.spool.read(row.spool_path)
+            original = pydicom.dcmread(self.spool.path(row.spool_path))
         except FileNotFoundError:
-            LOG.error("spool_file_missing", study_key=row.study_key, instance=row.id)
+            self._lost(row)
+            return None
+        except Exception as exc:
+            self._quarantine(
+                row, data, QuarantineReason.UNREADABLE, "", result, {"error": _safe_error(exc)}
+            )
             return None
         try:
-            original = pydicom.dcmread(io.BytesIO(data))
             if row.study_key == NO_STUDY:
                 raise InvalidInputError("no Study Instance UID")
         except Exception as exc:
@@ -395,7 +502,7 @@ class Pipeline:
     def _holds_untransformed_photograph(
         self,
         row: InstanceRow,
-        data: bytes,
+        data: bytes | None,
         route: Route,
         original: Dataset,
         outgoing: Dataset,
@@ -449,7 +556,12 @@ class Pipeline:
     # --- pixel jobs ------------------------------------------------------------------------------
 
     def _start_pixel_job(
-        self, row: InstanceRow, route: Route, original: Dataset, data: bytes, result: StudyResult
+        self,
+        row: InstanceRow,
+        route: Route,
+        original: Dataset,
+        data: bytes | None,
+        result: StudyResult,
     ) -> None:
         step = self._async_steps[route.pixels]
         job_id = uuid.uuid4().hex
@@ -508,8 +620,8 @@ class Pipeline:
         try:
             data = self.spool.read(row.spool_path)
         except FileNotFoundError:
-            LOG.error("spool_file_missing", study_key=row.study_key, instance=row.id)
-            return 0
+            self._lost(row)
+            return 1
         if job_row.attempts >= self.executor.max_attempts:
             self._quarantine(
                 row,
@@ -568,7 +680,7 @@ class Pipeline:
         try:
             data = self.spool.read(row.spool_path)
         except FileNotFoundError:
-            LOG.error("spool_file_missing", study_key=row.study_key, instance=row.id)
+            self._lost(row)
             return
         route = self.router.by_name(job_row.route)
         step = self._async_steps.get(route.pixels) if route is not None else None
@@ -588,6 +700,20 @@ class Pipeline:
             outcome = step.complete(original, deidentified, result, context)
         except PermanentError as exc:
             self._quarantine(row, data, reason, job_row.route, scratch, {"error": _safe_error(exc)})
+            return
+        except Exception as exc:  # a bug or a hostile file: a defined end, not a lost result
+            error = _error_location(exc)
+            LOG.error(
+                "pixel_result_failed", study_key=row.study_key, route=job_row.route, error=error
+            )
+            self._quarantine(
+                row,
+                data,
+                QuarantineReason.PROCESSING_ERROR,
+                job_row.route,
+                scratch,
+                {"error": error},
+            )
             return
         if isinstance(outcome, PixelRejected):
             self._quarantine(
@@ -642,3 +768,26 @@ def _safe_error(exc: BaseException) -> str:
     if isinstance(exc, DeidGatewayError):
         return f"{type(exc).__name__}: {exc}"
     return type(exc).__name__
+
+
+def _error_location(exc: BaseException) -> str:
+    """The error's type (and message for the project's own errors, see `_safe_error`) and where
+    it was raised (file, line, function): what a developer needs, and no value from the data."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return _safe_error(exc)
+    last = frames[-1]
+    where = "/".join(last.filename.replace("\\", "/").split("/")[-2:])
+    return f"{_safe_error(exc)} at {where}:{last.lineno} in {last.name}"
+
+
+#: errno values of a storage fault: the gateway's own disk, not the instance.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def _storage_fault(exc: BaseException) -> bool:
+    """The error comes from the gateway's own storage (spool, outbox, quarantine, journal)
+    rather than from the instance: it must not count against the instance."""
+    if isinstance(exc, sqlite3.Error):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS

@@ -217,6 +217,20 @@ class Spool:
             count += 1
         return count
 
+    def remove_finished(self, finished: set[str]) -> int:
+        """Delete spooled files whose instance reached a final state (its deletion was cut off
+        by a crash after the journal commit). Files of unfinished rows and files without a row
+        (adopted instead) are never touched."""
+        removed = 0
+        for path in self.files():
+            if str(path.relative_to(self.root)) in finished:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            for day in self.incoming.iterdir():
+                self.dirsync.sync(day)
+        return removed
+
     def used_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.incoming.glob("*/*") if p.is_file())
 

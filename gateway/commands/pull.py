@@ -159,7 +159,13 @@ def pull(
         node = GatewayNode(cfg, key, monitor=False)
         node.start()
         assert node.storage is not None
-        sink = Ingest(node.storage.spool, node.storage.journal, key, node.events)
+        sink = Ingest(
+            node.storage.spool,
+            node.storage.journal,
+            key,
+            node.events,
+            max_instance_bytes=cfg.storage.max_instance_bytes,
+        )
     else:
         running = _listening(cfg.node.host, cfg.node.port)
         if src.retrieve == "move" and not running:
@@ -171,7 +177,13 @@ def pull(
             from gateway.node import Storage
 
             storage = Storage.open(cfg)
-            sink = Ingest(storage.spool, storage.journal, key, EventBus())
+            sink = Ingest(
+                storage.spool,
+                storage.journal,
+                key,
+                EventBus(),
+                max_instance_bytes=cfg.storage.max_instance_bytes,
+            )
             if not running:
                 err.print(
                     "note: no gateway is running; the pulled instances wait in the spool until "

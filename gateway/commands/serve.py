@@ -28,7 +28,7 @@ def serve(config: Annotated[Path, CONFIG_OPTION]) -> None:
         from gateway.commands.model import offline_ml_environment
 
         offline_ml_environment()  # the models load in this process
-    node = GatewayNode(cfg, key)
+    node = GatewayNode(cfg, key, drain_timeout=cfg.node.drain_timeout_s)
     try:
         node.start()
         node.serve_forever()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.events import EventBus, Stage
+from gateway.events import EventBus, InstanceLost, Stage
 from gateway.http import MonitoringServer
 from gateway.metrics import GatewayMetrics
 from tests.support.ops import (
@@ -47,6 +47,7 @@ STAGED = {
     "DeidGatewayDestinationFailing",  # backup: failures, no success
     "DeidGatewayDiskNearHighWater",  # 120 MiB free, refusing below 100 MiB
     "DeidGatewayRefusingInstances",  # one C-STORE refused for disk_full
+    "DeidGatewayInstanceLost",  # one spool file vanished before processing
     "DeidGatewayWorkerPoolDown",  # no worker answers
     "DeidGatewayWorkerHeartbeatStale",  # last heartbeat ten minutes ago
 }
@@ -99,6 +100,8 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
         for i in range(slices):
             for event in events[i::slices]:
                 bus.emit(event)
+            if i == slices // 2:
+                bus.emit(InstanceLost("spool_file_missing", study_key="s"))
             backlog.update(
                 journal_states={
                     "received": 150 + 25 * i,

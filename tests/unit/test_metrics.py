@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import gateway
 from deid_core.errors import ConfigError
 from gateway.events import (
+    LOST_REASONS,
     AssociationAccepted,
     AssociationClosed,
     AssociationRejected,
@@ -13,6 +14,7 @@ from gateway.events import (
     ForwardFailed,
     GpuWork,
     InstanceForwarded,
+    InstanceLost,
     InstanceQuarantined,
     InstanceRefused,
     InstanceRejected,
@@ -236,6 +238,7 @@ def test_every_label_value_comes_from_a_fixed_set(registry: CollectorRegistry) -
         | {r.value for r in RefusalReason}
         | {"refused", "unreachable", "aborted", "status", "timeout", "tls", "other"}
         | {"auth", "busy", "server_error"}  # DICOMweb destinations
+        | set(LOST_REASONS)
     )
     allowed = {
         "route": routes,
@@ -371,3 +374,12 @@ def test_vocabulary_cleans_only_what_is_outside_it() -> None:
     refused = vocab.clean(InstanceRefused("a", "Smith^Jane", status=0xA700))
     assert refused.reason == "other"
     assert vocab.clean(ForwardFailed("backup", "timeout", True)).reason == "timeout"
+
+
+def test_lost_instances_are_counted_by_reason_and_a_free_text_reason_reads_other() -> None:
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry, ROUTES, DESTINATIONS)
+    metrics.emit(InstanceLost("spool_file_missing", study_key="abc"))
+    metrics.emit(InstanceLost("1.2.840.99"))
+    assert value(registry, "dicomgw_instances_lost_total", reason="spool_file_missing") == 1
+    assert value(registry, "dicomgw_instances_lost_total", reason="other") == 1
