@@ -168,7 +168,9 @@ def flowedit_images(
 
     `model` is a loaded model or a local model directory (diffusers layout, never downloaded).
     `params` defaults to the family's published settings. `seeds`: one per image, or one int from
-    which image i gets seed + i; the same seeds give the same pixels."""
+    which image i gets seed + i; the same seeds give the same pixels for the same batch (an image
+    edited alone rather than in a batch may differ by one level where torch sums in another
+    order)."""
     import numpy as np
 
     from deid_core.flowedit import FlowEditor, FlowEditParams

@@ -156,7 +156,11 @@ def test_flowedit_images_keeps_shape_and_is_deterministic(tiny_model) -> None:  
     again = flowedit_images(photos, seeds=3, **kwargs)  # an int: image i gets 3 + i
     assert np.array_equal(edited, again)
     single = flowedit_images(photos[0], seeds=3, **kwargs)
-    assert single.shape == photos[0].shape and np.array_equal(single, edited[0])
+    assert single.shape == photos[0].shape
+    # Alone instead of in a batch of two: the same noise, but torch may sum in another order
+    # (other kernel blocking for another batch size, with several threads), so a pixel can land
+    # one level away after rounding to uint8; never more.
+    assert np.abs(single.astype(int) - edited[0].astype(int)).max() <= 1
     untouched = flowedit_images(photos, seeds=3, **{**kwargs, "params": FlowEditParams(n_max=0)})
     assert np.array_equal(untouched, photos)
     with pytest.raises(InvalidInputError, match="uint8"):
