@@ -89,7 +89,7 @@ def deidentify_dataset(
     the new instance); `ds` is not changed. The same key and profile give the same pseudonyms as
     a gateway configured with them. `trial` writes the Clinical Trial Subject module.
     `patient_id_issuer` is the issuer assumed where the data set names no Issuer of Patient ID
-    (a gateway's `project.patient_id_issuer`, or its site name)."""
+    (a gateway's `project.patient_id_issuer`)."""
     from deid_core.deidentify import Deidentifier
 
     deid = Deidentifier(_profile(profile), _key(key), trial, default_issuer=patient_id_issuer)

@@ -92,7 +92,9 @@ class ProjectConfig(StrictModel):
     protocol_name: str | None = None
     #: The pseudonymous patient ID (= Clinical Trial Subject ID) is this prefix + 16 hex digits.
     subject_id_prefix: str = Field(default="SUBJ-", pattern=r"^[A-Za-z0-9_.-]{0,16}$")
-    #: Issuer of Patient ID assumed where an instance names none (default: the site's name).
+    #: Issuer of Patient ID assumed where an instance names none (default: none, the bare ID).
+    #: Sites whose Patient IDs are separate namespaces set a distinct value each; sites that
+    #: share one (a national ID) leave it unset or set the same value, so their patients link.
     patient_id_issuer: str | None = None
     #: Retain Longitudinal Modified Dates shifts each patient's dates back by 1..N days.
     max_date_shift_days: int = Field(default=3652, ge=1, le=36500)

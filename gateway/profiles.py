@@ -86,9 +86,11 @@ def build_deidentifier(cfg: GatewayConfig, profile_name: str, key: ProjectKey) -
 
 
 def default_issuer(cfg: GatewayConfig) -> str:
-    """The Issuer of Patient ID assumed for this site's own patient IDs: patient pseudonyms are
-    keyed on issuer + ID, so two sites' patient "12345" stay two research subjects."""
-    return (cfg.project.patient_id_issuer or cfg.site.name or cfg.site.id or "").strip()
+    """The Issuer of Patient ID assumed where an instance names none: patient pseudonyms are keyed
+    on issuer + ID. Never the site's name by default: sites whose patients share one ID namespace
+    (a regional or national ID) must link in a federated project, so keeping two sites' patient
+    "12345" apart is the operator's explicit choice (a distinct issuer per site)."""
+    return (cfg.project.patient_id_issuer or "").strip()
 
 
 __all__ = ["build_deidentifier", "build_profile", "default_issuer", "trial_subject"]

@@ -26,7 +26,15 @@ from dicom_io.files import (
 )
 
 DEID = Deidentifier(
-    ConfidentialityProfile(frozenset({ProfileOption.RETAIN_LONGITUDINAL_MODIFIED_DATES})),
+    # clean_structured_content: SR documents are encoded too (without it they are refused)
+    ConfidentialityProfile(
+        frozenset(
+            {
+                ProfileOption.RETAIN_LONGITUDINAL_MODIFIED_DATES,
+                ProfileOption.CLEAN_STRUCTURED_CONTENT,
+            }
+        )
+    ),
     ProjectKey(b"f" * 40),
 )
 

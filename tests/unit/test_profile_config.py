@@ -54,11 +54,12 @@ def test_deidentifier_carries_the_trial_and_subject_policy(key_file: Path) -> No
     cfg = parse_config(_cfg(key_file))
     deid = build_deidentifier(cfg, "default", cfg.load_key())
     out = deid.deidentify(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
-    # Keyed on the site's name as the default Issuer of Patient ID (CT_small names none).
-    expected = Pseudonymizer(cfg.load_key(), patient_id_prefix="ST7-").patient_id(
+    # CT_small names no Issuer of Patient ID and none is configured: keyed on the bare ID (the
+    # site's name is not assumed, so federated sites sharing an ID namespace link)
+    expected = Pseudonymizer(cfg.load_key(), patient_id_prefix="ST7-").patient_id("1CT1")
+    assert expected != Pseudonymizer(cfg.load_key(), patient_id_prefix="ST7-").patient_id(
         "1CT1", issuer="Site Seven"
     )
-    assert expected != Pseudonymizer(cfg.load_key(), patient_id_prefix="ST7-").patient_id("1CT1")
     assert out.PatientID == expected == out.ClinicalTrialSubjectID
     assert out.ClinicalTrialSiteName == "Site Seven"
     assert out.ClinicalTrialProtocolName == "Protocol"
@@ -113,3 +114,11 @@ def test_configured_patient_id_issuer_overrides_the_site_name(key_file: Path) ->
     pseudo = Pseudonymizer(cfg.load_key(), patient_id_prefix="ST7-")
     assert out.PatientID == pseudo.patient_id("1CT1", issuer="MRN.HOSPITAL-A")
     assert out.PatientID != pseudo.patient_id("1CT1", issuer="Site Seven")
+    # without one, the site's name is NOT assumed (federated sites sharing an ID namespace link)
+    del data["project"]["patient_id_issuer"]
+    cfg = parse_config(data)
+    out = build_deidentifier(cfg, "default", cfg.load_key()).deidentify(
+        pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    )
+    assert cfg.site.name
+    assert out.PatientID == pseudo.patient_id("1CT1")
