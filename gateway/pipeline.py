@@ -117,7 +117,20 @@ def default_deidentifier_factory() -> DeidentifierFactory:
 
 
 def _encode(ds: Dataset) -> list[bytes]:
-    """The de-identified file as parts (no joined copy: a large instance is not held twice)."""
+    """The de-identified file as parts (no joined copy: a large instance is not held twice).
+
+    The File Meta Information follows the data set: a pixel step that gave the instance a new
+    SOP Instance UID (a derived instance) without updating the meta would otherwise write a file
+    that archives refuse (Orthanc does)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        for keyword, meta_keyword in (
+            ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+            ("SOPClassUID", "MediaStorageSOPClassUID"),
+        ):
+            value = ds.get(keyword)
+            if value and meta.get(meta_keyword) != value:
+                setattr(meta, meta_keyword, value)
     return encode_dataset_parts(ds)
 
 

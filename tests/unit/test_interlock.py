@@ -114,6 +114,10 @@ def test_a_flowedit_step_must_leave_its_record_on_the_photograph(
     h.pipeline.process_study(h.study)
     if forwarded:
         assert len(h.outbox_datasets()) == 2 and _quarantined_reasons(h) == []
+        # the step changed the UID but not the File Meta: the written file is consistent anyway
+        for ds in h.outbox_datasets():
+            assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+            assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
     else:
         assert h.outbox_datasets() == []
         assert _quarantined_reasons(h) == ["photograph_not_transformed"] * 2
