@@ -70,6 +70,8 @@ WHY_HINTS = {
     QuarantineReason.LESION_VANISHED.value: "e.g. lesion still visible, mask missed it",
     QuarantineReason.DEAD_LETTER.value: "e.g. archive fixed, send again",
     QuarantineReason.NO_ROUTE.value: "e.g. dermatology photo from a new camera",
+    QuarantineReason.PROCESSING_ERROR.value: "e.g. fixed in version X, process again",
+    QuarantineReason.OUTBOX_FILE_MISSING.value: "e.g. disk cleaned by mistake, send again",
 }
 
 

@@ -55,6 +55,17 @@ REASONS: dict[str, tuple[str, str]] = {
         "The instance does not say whether text is burned into its pixels (Burned In Annotation "
         "absent) and its modality often has such text. Look at the image before releasing.",
     ),
+    QuarantineReason.PROCESSING_ERROR.value: (
+        "Processing error",
+        "Processing this instance failed with an unexpected error (or ended the process) on "
+        "every attempt; the finding names the error's kind and place, never a value. Re-run it "
+        "once the cause is fixed, or purge it.",
+    ),
+    QuarantineReason.OUTBOX_FILE_MISSING.value: (
+        "De-identified copy missing",
+        "The de-identified copy waiting for the destination vanished from the outbox before it "
+        "was sent. The received original is kept: releasing processes it again.",
+    ),
 }
 
 

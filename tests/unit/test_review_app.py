@@ -524,3 +524,13 @@ def test_a_trusted_proxys_headers_count_from_its_address_only(tmp_path: Path) ->
         assert actors == {("rita", "view_original"), ("rita", "purge")}
     finally:
         desk.storage.close()
+
+
+def test_every_quarantine_reason_has_words_for_the_reviewer() -> None:
+    """A new reason without a title and an explanation would show the reviewer a bare code."""
+    from gateway.events import QuarantineReason
+    from gateway.review.texts import REASONS
+
+    missing = [reason.value for reason in QuarantineReason if reason.value not in REASONS]
+    assert missing == []
+    assert all(title and text for title, text in REASONS.values())
