@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "version": 1,
                 "project": {"key": {"file": str(key)}, "sponsor_name": "S", "protocol_id": "P"},
-                "profiles": {"default": {"options": []}},
+                # structured reports are cleaned (as the peers do), not refused
+                "profiles": {"default": {"options": ["clean_structured_content"]}},
             }
         )
     )
