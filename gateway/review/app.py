@@ -449,7 +449,7 @@ def create_app(station: ReviewStation) -> FastAPI:
             and summary is not None
             and summary.has_pixels,
             summary=summary,
-            choices=choices_for(row) if held else None,
+            choices=choices_for(row, station.quarantine.route_pixels) if held else None,
             # a re-run onto a weaker pixel step is not offered (only an operator can force it)
             routes=sorted(
                 r

@@ -18,6 +18,7 @@ quarantine) and in the audit trail (by the station).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -62,7 +63,9 @@ class Choices:
     purge: str = "Overwrite and delete the kept instance and images. Only the journal record stays."
 
 
-def choices_for(row: QuarantineRow) -> Choices:
+def choices_for(row: QuarantineRow, route_pixels: Mapping[str, str] | None = None) -> Choices:
+    """The decisions the item page offers. `route_pixels` (route name -> pixel step) lets it
+    withhold a release that the interlock would refuse: unedited pixels from a flowedit route."""
     reason = row.reason
     rerun = (
         "Process the received original again as a new arrival: on the route you pick, or by "
@@ -74,6 +77,14 @@ def choices_for(row: QuarantineRow) -> Choices:
             "attempts start from zero.",
             release_unavailable="",
             rerun=None,
+            rerun_needs_route=False,
+        )
+    if reason in ACCEPT_PIXELS_REASONS and (route_pixels or {}).get(row.route) == "flowedit":
+        return Choices(
+            release=None,
+            release_unavailable="This route edits photographs: its pixels cannot leave unedited. "
+            "Re-run it (the edit and the lesion check run again) or purge it.",
+            rerun=rerun,
             rerun_needs_route=False,
         )
     if reason in ACCEPT_PIXELS_REASONS:

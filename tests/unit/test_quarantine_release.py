@@ -183,7 +183,11 @@ def test_review_station_refuses_a_rerun_onto_a_weaker_route(entries: Entries) ->
     assert response.status_code == 400
     assert "weaker pixel step" in response.text
     assert entries.state(entries.lesion) == "held"
-    # releasing a burned-in photograph of a flowedit route would accept its pixels: refused
+    # releasing a burned-in photograph of a flowedit route would accept its pixels: not offered,
+    # and refused when posted anyway
+    photo_page = client.get(f"/quarantine/{entries.photo_burned_in}").text
+    assert "cannot leave unedited" in photo_page and ">Release</button>" not in photo_page
+    assert ">Release</button>" in ct_page
     response = client.post(
         f"/quarantine/{entries.photo_burned_in}/release",
         data={"csrf": match.group(1), "why": "no text in the picture"},

@@ -163,6 +163,12 @@ def test_each_reason_offers_the_decisions_that_make_sense() -> None:
     assert dead.release and "archive" in dead.release and dead.rerun is None
     burned = choices_for(_row(QuarantineReason.BURNED_IN_ANNOTATION))
     assert burned.release and "pixels are sent as they are" in burned.release and burned.rerun
+    # the same finding on a route that edits photographs: no release of unedited pixels offered
+    for reason in (QuarantineReason.BURNED_IN_ANNOTATION, QuarantineReason.BURNED_IN_UNKNOWN):
+        on_photos = choices_for(_row(reason), {"r": "flowedit"})
+        assert on_photos.release is None and on_photos.rerun
+        assert "cannot leave unedited" in on_photos.release_unavailable
+        assert choices_for(_row(reason), {"r": "quarantine_burned_in"}).release
     for lesion in (
         QuarantineReason.LESION_IOU_BELOW_THRESHOLD,
         QuarantineReason.LESION_VANISHED,
