@@ -29,23 +29,20 @@ import contextlib
 import hmac
 import mmap
 import os
-import socket
 import ssl
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from deid_core.errors import ConfigError, InvalidInputError
+from deid_core.errors import InvalidInputError
 from dicom_io.dicomweb import (
     FAILURE_CANNOT_UNDERSTAND,
     FAILURE_PROCESSING,
@@ -69,6 +66,7 @@ from gateway.config import BasicAuth, BearerAuth, DicomwebInConfig
 from gateway.forwarder import http_authorization
 from gateway.logs import get_logger
 from gateway.spool import Spool, SpoolFull
+from gateway.web import ThreadedWebServer, check_certificate
 
 LOG = get_logger("gateway.stow")
 
@@ -215,8 +213,9 @@ class StowEndpoint:
                 Route(f"{cfg.base_path}/studies/{{study}}", self.store, methods=["POST"]),
             ]
         )
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._web = ThreadedWebServer(
+            self.app, where="dicomweb_in", thread_name="stow-endpoint", graceful_s=30
+        )
         self.address: tuple[str, int] | None = None
 
     @staticmethod
@@ -353,57 +352,15 @@ class StowEndpoint:
             for stale in self.buffer_dir.glob("*.part"):
                 stale.unlink(missing_ok=True)
         tls = cfg.tls
+        ssl_options: dict[str, Any] = {}
         if tls is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-            except (OSError, ssl.SSLError) as exc:
-                reason = getattr(exc, "strerror", None) or type(exc).__name__
-                raise ConfigError(
-                    f"dicomweb_in.tls: cannot load the certificate and key ({reason})"
-                ) from None
-        try:
-            info = socket.getaddrinfo(cfg.address, cfg.port, type=socket.SOCK_STREAM)[0]
-            sock = socket.socket(info[0], socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(info[4])
-            sock.listen(128)
-        except OSError as exc:
-            raise ConfigError(
-                f"dicomweb_in: cannot listen on {cfg.address}:{cfg.port} ({exc.strerror})"
-            ) from None
-        extra: dict[str, Any] = {}
-        if tls is not None:
-            extra = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
+            check_certificate(tls.cert_file, tls.key_file, "dicomweb_in.tls")
+            ssl_options = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
             if tls.client_ca_file is not None:
-                extra["ssl_ca_certs"] = str(tls.client_ca_file)
+                ssl_options["ssl_ca_certs"] = str(tls.client_ca_file)
             if tls.require_client_cert:
-                extra["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-        config = uvicorn.Config(
-            self.app,
-            proxy_headers=False,
-            server_header=False,
-            access_log=False,
-            log_config=None,
-            lifespan="off",
-            timeout_graceful_shutdown=30,
-            **extra,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="stow-endpoint", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                sock.close()
-                raise ConfigError("dicomweb_in: the endpoint did not start (see the log above)")
-            time.sleep(0.02)
-        self._server, self._thread = server, thread
-        host, port = sock.getsockname()[:2]
-        self.address = (str(host), int(port))
+                ssl_options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        self.address = self._web.start(cfg.address, cfg.port, ssl_options, timeout)
         LOG.info(
             "stow_listening",
             host=self.address[0],
@@ -415,24 +372,16 @@ class StowEndpoint:
 
     @property
     def url(self) -> str:
-        assert self.address is not None
-        host = self.address[0]
-        host = f"[{host}]" if ":" in host else host
-        scheme = "https" if self.cfg.tls is not None else "http"
-        return f"{scheme}://{host}:{self.address[1]}{self.cfg.base_path}"
+        return self._web.url(self.cfg.tls is not None, self.cfg.base_path)
 
     @property
     def serving(self) -> bool:
-        return self._server is not None and self._server.started and not self._server.should_exit
+        return self._web.serving
 
     def stop(self, timeout: float = 35.0) -> None:
         """Stop accepting; requests in flight finish (their answers wait for the spool and the
         journal as always). Safe to call twice."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._server = self._thread = None
+        self._web.stop(timeout)
 
 
 class _TooLarge(Exception):

@@ -15,16 +15,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import socket
-import ssl
 import threading
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
-from deid_core.errors import ConfigError
 from gateway.config import GatewayConfig, RouteTarget
 from gateway.logs import get_logger
 from gateway.review.app import create_app
@@ -33,6 +27,7 @@ from gateway.review.identity import CsrfTokens, LoginThrottle, SessionCodec, Tru
 from gateway.review.reader import JournalReader
 from gateway.review.users import UserStore
 from gateway.routing import DEFAULT_ROUTE_NAME
+from gateway.web import ThreadedWebServer, check_certificate
 
 if TYPE_CHECKING:
     from gateway.node import Storage
@@ -79,23 +74,10 @@ class ReviewStation:
         self.routes = frozenset(names)
         self.decide_lock = threading.Lock()
         self.app = create_app(self)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._web = ThreadedWebServer(
+            self.app, where="review", thread_name="review-station", graceful_s=5
+        )
         self.address: tuple[str, int] | None = None
-
-    def _check_tls(self) -> None:
-        tls = self.cfg.review.tls
-        if tls is None:
-            return
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        except (OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ConfigError(
-                f"review.tls: cannot load the certificate {tls.cert_file} and key "
-                f"{tls.key_file} ({reason})"
-            ) from None
 
     def start(self, timeout: float = 15.0) -> tuple[str, int]:
         """Listen and serve; returns the bound address. A bad users file, certificate or a port
@@ -103,43 +85,14 @@ class ReviewStation:
         review = self.cfg.review
         if self.users is not None:
             self.users.check()
-        self._check_tls()
-        try:
-            info = socket.getaddrinfo(review.address, review.port, type=socket.SOCK_STREAM)[0]
-            sock = socket.socket(info[0], socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(info[4])
-            sock.listen(128)
-        except OSError as exc:
-            raise ConfigError(
-                f"review: cannot listen on {review.address}:{review.port} ({exc.strerror})"
-            ) from None
-        config = uvicorn.Config(
-            self.app,
-            ssl_certfile=str(review.tls.cert_file) if review.tls else None,
-            ssl_keyfile=str(review.tls.key_file) if review.tls else None,
-            proxy_headers=False,
-            server_header=False,
-            access_log=False,
-            log_config=None,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="review-station", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                sock.close()
-                raise ConfigError("review: the station did not start (see the log above)")
-            time.sleep(0.02)
-        self._server, self._thread = server, thread
-        host, port = sock.getsockname()[:2]
-        self.address = (str(host), int(port))
+        ssl_options: dict[str, Any] = {}
+        if review.tls is not None:
+            check_certificate(review.tls.cert_file, review.tls.key_file, "review.tls")
+            ssl_options = {
+                "ssl_certfile": str(review.tls.cert_file),
+                "ssl_keyfile": str(review.tls.key_file),
+            }
+        self.address = self._web.start(review.address, review.port, ssl_options, timeout)
         LOG.info(
             "review_listening",
             host=self.address[0],
@@ -153,15 +106,8 @@ class ReviewStation:
 
     @property
     def url(self) -> str:
-        assert self.address is not None
-        host = self.address[0]
-        host = f"[{host}]" if ":" in host else host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.address[1]}"
+        return self._web.url(self.tls)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving (requests in flight may finish); safe to call twice."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._server = self._thread = None
+        self._web.stop(timeout)
