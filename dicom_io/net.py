@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 #: pynetdicom's DUL reactor sleeps this long whenever a poll finds no data (its default is 1 ms).
@@ -115,3 +118,68 @@ def make_reactor_pause_safe(assoc: Any) -> None:
 
 def has_nodelay(sock: socket.socket) -> bool:
     return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+class Peer(Protocol):
+    """A DICOM node we call (a destination, a PACS)."""
+
+    @property
+    def ae_title(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def calling_ae_title(self) -> str: ...
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def dimse_timeout(self) -> float: ...
+    def describe(self) -> str: ...
+
+
+def client_ae(peer: Peer, max_pdu_size: int | None = None) -> AE:
+    """Our AE towards `peer`, with its timeouts (and our maximum PDU size when given)."""
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.acse_timeout = peer.connect_timeout
+    ae.connection_timeout = peer.connect_timeout
+    ae.network_timeout = peer.dimse_timeout
+    ae.dimse_timeout = peer.dimse_timeout
+    if max_pdu_size is not None:
+        ae.maximum_pdu_size = max_pdu_size
+    return ae
+
+
+def associate(
+    ae: AE,
+    peer: Peer,
+    failure: Callable[[str, str], Exception],
+    refused: str = "",
+    **kwargs: Any,
+) -> Any:
+    """An established association with `peer` (TCP_NODELAY and the safe reactor pause via
+    `nodelay_on_open`), or `failure(kind, message)` raised saying why not: kind "tls",
+    "unreachable" or "refused" (`refused` adds a hint to that message)."""
+    tls_args = (peer.ssl_context, peer.host) if peer.ssl_context is not None else None
+    handlers = [(evt.EVT_CONN_OPEN, nodelay_on_open), *kwargs.pop("evt_handlers", [])]
+    try:
+        assoc = ae.associate(
+            peer.host,
+            peer.port,
+            ae_title=peer.ae_title,
+            tls_args=tls_args,
+            evt_handlers=handlers,
+            **kwargs,
+        )
+    except ssl.SSLError as exc:
+        raise failure("tls", f"TLS to {peer.describe()} failed: {exc}") from None
+    except OSError as exc:
+        raise failure("unreachable", f"cannot connect to {peer.describe()}: {exc}") from None
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            raise failure("refused", f"{peer.describe()} rejected the association{refused}")
+        # pynetdicom reports a refused TCP connection as an aborted association too
+        raise failure("unreachable", f"no association with {peer.describe()}")
+    return assoc

@@ -45,7 +45,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from deid_core.errors import InvalidInputError, RetryableError
-from dicom_io.net import nodelay_on_open
+from dicom_io.net import associate, client_ae
 from dicom_io.scp import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_PROCESSING_FAILURE,
@@ -144,41 +144,12 @@ class RetrieveOutcome:
 
 
 def _ae(target: QueryTarget) -> AE:
-    ae = AE(ae_title=target.calling_ae_title)
-    ae.acse_timeout = target.connect_timeout
-    ae.connection_timeout = target.connect_timeout
-    ae.network_timeout = target.dimse_timeout
-    ae.dimse_timeout = target.dimse_timeout
-    return ae
+    return client_ae(target)
 
 
 def _associate(ae: AE, target: QueryTarget, **kwargs: Any) -> Any:
-    tls_args = (target.ssl_context, target.host) if target.ssl_context is not None else None
-    handlers = [(evt.EVT_CONN_OPEN, nodelay_on_open), *kwargs.pop("evt_handlers", [])]
-    try:
-        assoc = ae.associate(
-            target.host,
-            target.port,
-            ae_title=target.ae_title,
-            tls_args=tls_args,
-            evt_handlers=handlers,
-            **kwargs,
-        )
-    except ssl.SSLError:
-        raise QueryFailed("tls", f"TLS to {target.describe()} failed") from None
-    except OSError as exc:
-        raise QueryFailed(
-            "unreachable", f"cannot connect to {target.describe()}: {exc.strerror}"
-        ) from None
-    if not assoc.is_established:
-        if assoc.is_rejected:
-            raise QueryFailed(
-                "refused",
-                f"{target.describe()} rejected the association (does it know our AE title "
-                f"{target.calling_ae_title!r} and allow it to query?)",
-            )
-        raise QueryFailed("unreachable", f"no association with {target.describe()}")
-    return assoc
+    hint = f" (does it know our AE title {target.calling_ae_title!r} and allow it to query?)"
+    return associate(ae, target, QueryFailed, hint, **kwargs)
 
 
 def _check_value(keyword: str, value: str) -> str:

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from deid_core.errors import InvalidInputError, RetryableError
 from dicom_io.header import read_file_meta
-from dicom_io.net import nodelay_on_open
+from dicom_io.net import associate, client_ae
 
 LOG = logging.getLogger("dicom_io.scu")
 
@@ -127,38 +127,12 @@ def send_files(
 
 
 def _client_ae(target: StoreTarget) -> AE:
-    ae = AE(ae_title=target.calling_ae_title)
-    ae.acse_timeout = target.connect_timeout
-    ae.connection_timeout = target.connect_timeout
-    ae.network_timeout = target.dimse_timeout
-    ae.dimse_timeout = target.dimse_timeout
-    ae.maximum_pdu_size = target.max_pdu_size
-    return ae
+    return client_ae(target, target.max_pdu_size)
 
 
 def _associate(ae: AE, target: StoreTarget) -> Any:
     """An established association with `target`, or AssociationFailed saying why not."""
-    tls_args = (target.ssl_context, target.host) if target.ssl_context is not None else None
-    try:
-        assoc = ae.associate(
-            target.host,
-            target.port,
-            ae_title=target.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, nodelay_on_open)],
-            tls_args=tls_args,
-        )
-    except ssl.SSLError as exc:
-        raise AssociationFailed("tls", f"TLS to {target.describe()} failed: {exc}") from None
-    except OSError as exc:
-        raise AssociationFailed(
-            "unreachable", f"cannot connect to {target.describe()}: {exc}"
-        ) from None
-    if not assoc.is_established:
-        if assoc.is_rejected:
-            raise AssociationFailed("refused", f"{target.describe()} rejected the association")
-        # pynetdicom reports a refused TCP connection as an aborted association too
-        raise AssociationFailed("unreachable", f"no association with {target.describe()}")
-    return assoc
+    return associate(ae, target, AssociationFailed)
 
 
 def echo(target: StoreTarget, timeout: float) -> None:
