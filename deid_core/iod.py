@@ -123,6 +123,16 @@ _SR = ("Patient", "GeneralStudy", "SRDocumentSeries", "GeneralEquipment", "SRDoc
 _VL = (*_IMAGE, "VLImage", "AcquisitionContext")
 _RT = ("Patient", "GeneralStudy", "RTSeries", "GeneralEquipment", "Approval")
 
+_WAVEFORM = (
+    "Patient",
+    "GeneralStudy",
+    "GeneralSeries",
+    "GeneralEquipment",
+    "WaveformIdentification",
+    "WaveformAnnotation",
+)
+_DOCUMENT = ("Patient", "GeneralStudy", "GeneralSeries", "GeneralEquipment", "EncapsulatedDocument")
+
 #: SOP Class UID -> (IOD name, modules). The IOD name appears in `explain` reasons.
 IODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "1.2.840.10008.5.1.4.1.1.1": ("CR Image", (*_IMAGE, "ContrastBolus")),
@@ -141,28 +151,8 @@ IODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "1.2.840.10008.5.1.4.1.1.7.2": ("Multi-frame SC Image", _IMAGE),
     "1.2.840.10008.5.1.4.1.1.7.3": ("Multi-frame SC Image", _IMAGE),
     "1.2.840.10008.5.1.4.1.1.7.4": ("Multi-frame SC Image", _IMAGE),
-    "1.2.840.10008.5.1.4.1.1.9.1.1": (
-        "12-lead ECG",
-        (
-            "Patient",
-            "GeneralStudy",
-            "GeneralSeries",
-            "GeneralEquipment",
-            "WaveformIdentification",
-            "WaveformAnnotation",
-        ),
-    ),
-    "1.2.840.10008.5.1.4.1.1.9.1.2": (
-        "General ECG",
-        (
-            "Patient",
-            "GeneralStudy",
-            "GeneralSeries",
-            "GeneralEquipment",
-            "WaveformIdentification",
-            "WaveformAnnotation",
-        ),
-    ),
+    "1.2.840.10008.5.1.4.1.1.9.1.1": ("12-lead ECG", _WAVEFORM),
+    "1.2.840.10008.5.1.4.1.1.9.1.2": ("General ECG", _WAVEFORM),
     "1.2.840.10008.5.1.4.1.1.11.1": (
         "Grayscale Softcopy Presentation State",
         (
@@ -220,14 +210,8 @@ IODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "1.2.840.10008.5.1.4.1.1.88.34": ("Comprehensive 3D SR", _SR),
     "1.2.840.10008.5.1.4.1.1.88.59": ("Key Object Selection Document", _SR),
     "1.2.840.10008.5.1.4.1.1.88.67": ("X-Ray Radiation Dose SR", _SR),
-    "1.2.840.10008.5.1.4.1.1.104.1": (
-        "Encapsulated PDF",
-        ("Patient", "GeneralStudy", "GeneralSeries", "GeneralEquipment", "EncapsulatedDocument"),
-    ),
-    "1.2.840.10008.5.1.4.1.1.104.2": (
-        "Encapsulated CDA",
-        ("Patient", "GeneralStudy", "GeneralSeries", "GeneralEquipment", "EncapsulatedDocument"),
-    ),
+    "1.2.840.10008.5.1.4.1.1.104.1": ("Encapsulated PDF", _DOCUMENT),
+    "1.2.840.10008.5.1.4.1.1.104.2": ("Encapsulated CDA", _DOCUMENT),
     "1.2.840.10008.5.1.4.1.1.128": ("PET Image", (*_IMAGE, "ContrastBolus")),
     "1.2.840.10008.5.1.4.1.1.481.1": ("RT Image", (*_RT, "ContrastBolus")),
     "1.2.840.10008.5.1.4.1.1.481.2": ("RT Dose", _RT),
