@@ -670,9 +670,6 @@ class Journal:
         rows = self._query("SELECT * FROM quarantine WHERE id=?", (entry_id,))
         return _quarantine(rows[0]) if rows else None
 
-    def known_quarantine_ids(self) -> set[str]:
-        return {r[0] for r in self._query("SELECT id FROM quarantine")}
-
     def quarantine_states(self) -> dict[str, str]:
         """Every quarantine entry's state, by entry id."""
         return {r[0]: r[1] for r in self._query("SELECT id, state FROM quarantine")}
